@@ -1,0 +1,1033 @@
+"""NATS JetStream Key/Value implementation of :class:`~brainless_odm.store.base.KVStore`.
+
+This is the only module of brainless_odm that imports ``nats``. It speaks the JetStream API
+directly (``$JS.API.*`` requests, push consumers on private inboxes, publishes with reply
+subjects) instead of going through nats-py's ``KeyValue`` helper, because that helper has bugs
+that break the guarantees of :mod:`brainless_odm.store.base`:
+
+* its watcher may report "initial values done" before the data (nats.py #842), so a populated
+  bucket can load as partly empty, and ``keys()`` can raise ``NoKeysError`` spuriously;
+* ``publish_async`` never resolves on an error ack such as a CAS conflict (nats.py #985);
+* ``kv.get`` raises for delete markers, whose revision compare-and-set needs;
+* its watcher needs 10-18 s to resume after a reconnect (idle heartbeat 5 s x 2 misses).
+
+Bucket layout is the standard NATS KV one (stream ``KV_<bucket>``, subjects ``$KV.<bucket>.<key>``,
+``KV-Operation`` headers), so ``nats kv`` and every other NATS client read and write the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
+
+import nats
+import nats.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from brainless_odm.exceptions import (
+    BucketNotFound,
+    ConnectionLost,
+    InvalidKey,
+    PayloadTooLarge,
+    StoreError,
+)
+from brainless_odm.store.base import (
+    BucketConfig,
+    Conflict,
+    Entry,
+    Operation,
+    Snapshot,
+    WriteOp,
+    WriteResult,
+)
+
+__all__ = ["NatsBucket", "NatsKVStore", "connect"]
+
+log = logging.getLogger(__name__)
+
+# NATS KV key rules (same as nats.go / nats-py): these characters, no leading or trailing dot.
+_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
+_BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
+
+# The server counts headers against max_payload and the stream's max_msg_size, nats-py does not:
+# a message whose payload fits but whose headers push it over makes the server close the whole
+# connection. We send at most ~100 header bytes plus the msg id (capped below), so this margin
+# keeps every value accepted by the client-side check below the server's limit.
+_HEADER_ALLOWANCE = 512
+_MAX_MSG_ID = 256
+
+# JetStream API error codes (nats-server/server/errors.json).
+_ERR_STREAM_NOT_FOUND = 10059
+_ERR_STREAM_NAME_IN_USE = 10058
+_ERR_WRONG_LAST_SEQUENCE = 10071
+_ERR_MESSAGE_TOO_LARGE = 10054
+
+_DUPLICATE_WINDOW_NS = 120 * 1_000_000_000  # the KV default; retries with one msg_id dedupe inside it
+
+# nats-py exceptions that mean "the server cannot be reached right now" (transient).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+    nats.errors.NoServersError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+# Anything nats-py raises while publishing one message (after our own size/key checks).
+_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, nats.errors.Error)
+
+
+def _valid_key(key: str) -> bool:
+    return _KEY_RE.fullmatch(key) is not None and not key.startswith(".") and not key.endswith(".")
+
+
+def _entry_kind(headers: dict[str, str] | None) -> tuple[Operation, str | None]:
+    """Operation and server reason of a stored message, from its headers."""
+    if not headers:
+        return Operation.PUT, None
+    reason = headers.get("Nats-Marker-Reason")
+    op = headers.get("KV-Operation")
+    if op == "DEL":
+        return Operation.DELETE, reason
+    if op == "PURGE":
+        return Operation.PURGE, reason
+    if reason is not None:
+        # Server-written markers (2.11+): a TTL expiry or a purge removes the key's history,
+        # "Remove" is a single delete (same mapping as nats.go).
+        return (Operation.DELETE if reason == "Remove" else Operation.PURGE), reason
+    return Operation.PUT, None
+
+
+def _parse_header_block(raw: bytes) -> dict[str, str]:
+    """Parse a raw ``NATS/1.0`` header block (as returned by the STREAM.MSG.GET API)."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out[name.decode().strip()] = value.decode().strip()
+    return out
+
+
+class _ApiError(StoreError):
+    """A JetStream API error response; callers map the codes they understand."""
+
+    def __init__(self, subject: str, code: int, err_code: int, description: str) -> None:
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+        super().__init__(f"JetStream API {subject}: {description} (code {code}, err_code {err_code})")
+
+
+def _lost(what: str, exc: BaseException) -> ConnectionLost:
+    err = ConnectionLost(f"{what}: NATS server unreachable ({type(exc).__name__})")
+    err.__cause__ = exc
+    return err
+
+
+async def _api(nc: Client, subject: str, payload: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """One JetStream API request; transport failures become ``ConnectionLost``, API errors ``_ApiError``."""
+    try:
+        msg = await nc.request(
+            subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout
+        )
+    except nats.errors.NoRespondersError as e:
+        # Nobody serves $JS.API: JetStream is off, or the server is still starting.
+        raise _lost(f"{subject}: JetStream not available", e) from e
+    except _CONNECTION_ERRORS as e:
+        raise _lost(subject, e) from e
+    resp = cast("dict[str, Any]", orjson.loads(msg.data))
+    err = resp.get("error")
+    if err:
+        raise _ApiError(
+            subject, int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description"))
+        )
+    return resp
+
+
+def _ack_fields(reply: str) -> tuple[int, int, int, int] | None:
+    """``(stream_seq, consumer_seq, timestamp_ns, pending)`` from a ``$JS.ACK`` reply subject."""
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
+        off = 0
+    elif n >= 11:  # v2: $JS.ACK.<domain>.<account hash>.<stream>... [+ random token]
+        off = 2
+    else:
+        return None
+    return int(tokens[5 + off]), int(tokens[6 + off]), int(tokens[7 + off]), int(tokens[8 + off])
+
+
+class _PushConsumer:
+    """An ordered, ack-less push consumer on a private inbox (what nats.go calls an ordered consumer).
+
+    Delivers ``(stream_seq, subject, data, headers, timestamp_ns, pending)`` to ``on_msg``
+    synchronously from the subscription callback, answers flow control, and reports a gap in the
+    consumer sequence (a dropped message) or a stale consumer through ``on_gap``: the owner then
+    recreates it from the last stream sequence it has seen, so nothing is skipped.
+    """
+
+    def __init__(
+        self,
+        bucket: NatsBucket,
+        *,
+        on_msg: Callable[[int, str, bytes, dict[str, str] | None, int, int], None],
+        on_gap: Callable[[], None],
+        on_idle: Callable[[], None] | None = None,
+        heartbeat: float = 1.0,
+        flow_reply: Callable[[str], bool] | None = None,
+    ) -> None:
+        self._bucket = bucket
+        self._nc = bucket._nc
+        self._on_msg = on_msg
+        self._on_gap = on_gap
+        self._on_idle = on_idle
+        self._flow_reply = flow_reply
+        self.heartbeat = heartbeat
+        self.sub: Subscription | None = None
+        self.name: str | None = None
+        self.dseq = 0
+        self.last_activity = time.monotonic()
+        self.num_pending_at_start = -1
+        self.closed = False
+
+    async def start(self, *, last_per_subject: bool, start_seq: int) -> None:
+        cfg: dict[str, Any] = {
+            "ack_policy": "none",
+            "filter_subject": self._bucket._prefix + ">",
+            "replay_policy": "instant",
+            "flow_control": True,
+            "idle_heartbeat": int(self.heartbeat * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+            # The server drops the consumer once nobody listens (we died without cleaning up).
+            "inactive_threshold": int(max(5.0, self.heartbeat * 5) * 1e9),
+        }
+        if last_per_subject:
+            cfg["deliver_policy"] = "last_per_subject"
+        elif start_seq <= 1:
+            cfg["deliver_policy"] = "all"
+        else:
+            cfg["deliver_policy"] = "by_start_sequence"
+            cfg["opt_start_seq"] = start_seq
+        inbox = self._nc.new_inbox()
+        cfg["deliver_subject"] = inbox
+        try:
+            self.sub = await self._nc.subscribe(
+                inbox, cb=self._cb, pending_msgs_limit=1 << 21, pending_bytes_limit=1 << 30
+            )
+        except _CONNECTION_ERRORS as e:
+            raise _lost(f"watching bucket {self._bucket.name}", e) from e
+        self.last_activity = time.monotonic()
+        try:
+            info = await self._bucket._api(
+                f"$JS.API.CONSUMER.CREATE.{self._bucket._stream}",
+                {"stream_name": self._bucket._stream, "config": cfg},
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        self.name = str(info.get("name"))
+        self.num_pending_at_start = int(info.get("num_pending", 0))
+
+    async def stop(self) -> None:
+        """Unsubscribe and delete the consumer on the server (best effort, never raises)."""
+        self.closed = True
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        name, self.name = self.name, None
+        if name is not None and self._nc.is_connected:
+            # Fire and forget: inactive_threshold removes it anyway if this is lost.
+            with contextlib.suppress(Exception):
+                await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{self._bucket._stream}.{name}")
+
+    async def _cb(self, msg: Msg) -> None:
+        if self.closed:
+            return
+        self.last_activity = time.monotonic()
+        reply = msg.reply
+        if reply and reply.startswith("$JS.ACK."):
+            fields = _ack_fields(reply)
+            if fields is None:
+                return
+            sseq, dseq, ts, pending = fields
+            if dseq != self.dseq + 1:
+                # Ordered-consumer invariant: consumer sequences are contiguous; a hole means a
+                # message was dropped (slow consumer, reconnect), so restart from what we have.
+                self.closed = True
+                self._on_gap()
+                return
+            self.dseq = dseq
+            self._on_msg(sseq, msg.subject, msg.data, msg.headers, ts, pending)
+            return
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status == "100":
+            if reply:  # flow control request
+                if self._flow_reply is None or self._flow_reply(reply):
+                    await self._nc.publish(reply)
+                return
+            stalled = hdrs.get("Nats-Consumer-Stalled")
+            if stalled:
+                await self._nc.publish(stalled)
+            last = hdrs.get("Nats-Last-Consumer")
+            if last is not None and int(last) != self.dseq:
+                self.closed = True
+                self._on_gap()
+                return
+            if self._on_idle is not None and not stalled:
+                self._on_idle()
+        elif status is not None:
+            # 409 "Consumer Deleted" and the like: the consumer is gone, recreate it.
+            self.closed = True
+            self._on_gap()
+
+
+class _Watch:
+    """The async iterator returned by :meth:`NatsBucket.watch`.
+
+    Invariant: ``_last`` is the revision of the last entry queued; every (re)created consumer
+    starts at ``_last + 1`` and entries at or below ``_last`` are dropped, so a reset can neither
+    skip nor repeat an entry.
+    """
+
+    _HIGH_WATER = 20_000  # queued entries above which flow control is held back (backpressure)
+
+    def __init__(self, bucket: NatsBucket, after: int, heartbeat: float) -> None:
+        self._bucket = bucket
+        self._nc = bucket._nc
+        self._last = after
+        self._heartbeat = heartbeat
+        self._queue: deque[Entry] = deque()
+        self._ready = asyncio.Event()
+        self._reset_needed = asyncio.Event()
+        self._consumer: _PushConsumer | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._held_flow: list[str] = []
+        self._reconnects = 0
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __aenter__(self) -> _Watch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        self._bucket._watches.add(self)
+        self._reconnects = self._nc.stats["reconnects"]
+        await self._new_consumer()
+        self._monitor = asyncio.get_running_loop().create_task(self._run_monitor())
+
+    async def _new_consumer(self) -> None:
+        old, self._consumer = self._consumer, None
+        if old is not None:
+            await old.stop()
+        self._held_flow.clear()
+        c = _PushConsumer(
+            self._bucket,
+            on_msg=self._on_msg,
+            on_gap=self._reset_needed.set,
+            heartbeat=self._heartbeat,
+            flow_reply=self._allow_flow,
+        )
+        self._consumer = c
+        self._reconnects = self._nc.stats["reconnects"]
+        await c.start(last_per_subject=False, start_seq=self._last + 1)
+
+    def _allow_flow(self, reply: str) -> bool:
+        if len(self._queue) < self._HIGH_WATER:
+            return True
+        self._held_flow.append(reply)
+        return False
+
+    def _on_msg(
+        self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None, ts: int, pending: int
+    ) -> None:
+        if seq <= self._last:
+            return
+        self._last = seq
+        op, reason = _entry_kind(headers)
+        key = subject[len(self._bucket._prefix) :]
+        self._queue.append(Entry(key, data if op is Operation.PUT else b"", seq, op, reason))
+        self._ready.set()
+
+    async def _run_monitor(self) -> None:
+        """Recreate the consumer after a reconnect, a gap, or missed heartbeats."""
+        stale_after = self._heartbeat * 3
+        while not self._closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._reset_needed.wait(), timeout=min(0.25, self._heartbeat))
+            if self._closed:
+                return
+            c = self._consumer
+            need = (
+                self._reset_needed.is_set()
+                or c is None
+                or self._nc.stats["reconnects"] != self._reconnects
+                or time.monotonic() - c.last_activity > stale_after
+            )
+            if not need or not self._nc.is_connected:
+                continue
+            self._reset_needed.clear()
+            try:
+                await self._new_consumer()
+            except BucketNotFound as e:
+                self._error = e
+                self._ready.set()
+                return
+            except StoreError as e:
+                log.debug("watch %s: consumer reset failed, retrying: %s", self._bucket.name, e)
+                self._consumer = None
+                await asyncio.sleep(0.2)
+            except Exception as e:  # never let the monitor die silently: surface to the iterator
+                self._error = e
+                self._ready.set()
+                return
+
+    async def __anext__(self) -> Entry:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._monitor is None:
+            await self._start()
+        while not self._queue:
+            if self._error is not None:
+                err, self._error = self._error, None
+                await self.aclose()
+                raise err
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        entry = self._queue.popleft()
+        if self._held_flow and len(self._queue) < self._HIGH_WATER // 2:
+            held, self._held_flow = self._held_flow, []
+            for reply in held:
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(reply)
+        return entry
+
+    async def aclose(self) -> None:
+        """Stop watching: unsubscribe and delete the consumer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.set()
+        self._reset_needed.set()
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None and monitor is not asyncio.current_task():
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await monitor
+        c, self._consumer = self._consumer, None
+        if c is not None:
+            await c.stop()
+        self._bucket._watches.discard(self)
+
+
+class NatsBucket:
+    """One collection's NATS KV bucket (stream ``KV_<name>``), a :class:`~brainless_odm.store.base.Bucket`.
+
+    Obtain it from :meth:`NatsKVStore.open_bucket`.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        name: str,
+        *,
+        stream_config: dict[str, Any],
+        timeout: float = 5.0,
+        max_inflight: int = 2048,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self._nc = nc
+        self._name = name
+        self._stream = f"KV_{name}"
+        self._prefix = f"$KV.{name}."
+        self._timeout = timeout
+        self._max_inflight = max_inflight
+        self._heartbeat = heartbeat
+        self._direct = bool(stream_config.get("allow_direct"))
+        mms = int(stream_config.get("max_msg_size", -1) or -1)
+        self._max_msg_size = mms if mms > 0 else None
+        self._watches: set[_Watch] = set()
+        # Write pipeline: one wildcard inbox subscription; each publish gets reply <inbox>.<n>.
+        self._ack_sub: Subscription | None = None
+        self._ack_prefix = ""
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._ack_ids = itertools.count(1)
+        self._ack_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        """The bucket name (``{namespace}-{collection}``)."""
+        return self._name
+
+    @property
+    def max_value_size(self) -> int:
+        """The largest value a put may carry: the server's max payload, or the bucket's
+        ``max_value_size`` if smaller, minus room for the headers we send."""
+        limit = self._nc.max_payload
+        if self._max_msg_size is not None:
+            limit = min(limit, self._max_msg_size)
+        return max(0, limit - _HEADER_ALLOWANCE)
+
+    def _subject(self, key: str) -> str:
+        return self._prefix + key
+
+    async def _api(self, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            return await _api(self._nc, subject, payload, self._timeout)
+        except _ApiError as e:
+            if e.err_code == _ERR_STREAM_NOT_FOUND:
+                raise BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})") from e
+            raise
+
+    async def _stream_info(self) -> dict[str, Any]:
+        return await self._api(f"$JS.API.STREAM.INFO.{self._stream}", None)
+
+    async def _check_exists(self, cause: BaseException) -> StoreError:
+        """After a no-responders reply: the stream is gone (BucketNotFound) or the server is not ready."""
+        try:
+            await self._stream_info()
+        except BucketNotFound as e:
+            return e
+        except StoreError as e:
+            return e
+        return _lost(f"bucket {self._name}", cause)
+
+    # -- load ---------------------------------------------------------------------------------
+
+    async def _scan_once(
+        self, last_seq: int
+    ) -> list[tuple[int, str, bytes, dict[str, str] | None, int]] | None:
+        """One LAST_PER_SUBJECT pass; ``None`` if the consumer dropped a message (rescan)."""
+        rows: list[tuple[int, str, bytes, dict[str, str] | None, int]] = []
+        append = rows.append
+        done = asyncio.Event()
+        gap = False
+
+        def on_msg(
+            seq: int, subject: str, data: bytes, headers: dict[str, str] | None, ts: int, pending: int
+        ) -> None:
+            append((seq, subject, data, headers, ts))
+            # Complete once we reach what the stream held before the consumer started, or the
+            # consumer has nothing more (the last_seq message itself may have been removed).
+            if seq >= last_seq or pending == 0:
+                done.set()
+
+        def on_gap() -> None:
+            nonlocal gap
+            gap = True
+            done.set()
+
+        # An idle heartbeat means the server has nothing left to deliver to us.
+        consumer = _PushConsumer(
+            self, on_msg=on_msg, on_gap=on_gap, on_idle=done.set, heartbeat=min(self._heartbeat, 1.0)
+        )
+        try:
+            await consumer.start(last_per_subject=True, start_seq=0)
+            if consumer.num_pending_at_start == 0 and consumer.dseq == 0:
+                done.set()
+            while not done.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(done.wait(), timeout=consumer.heartbeat)
+                if not done.is_set() and time.monotonic() - consumer.last_activity > max(
+                    3.0, consumer.heartbeat * 3
+                ):
+                    raise ConnectionLost(f"loading bucket {self._name}: no data or heartbeat from the server")
+        finally:
+            await consumer.stop()
+        return None if gap else rows
+
+    async def _scan(self) -> tuple[list[tuple[int, str, bytes, dict[str, str] | None, int]], int]:
+        """The last message of every subject, complete up to the stream's last_seq read first."""
+        info = await self._stream_info()
+        state = info.get("state", {})
+        last_seq = int(state.get("last_seq", 0))
+        if int(state.get("messages", 0)) == 0:
+            return [], last_seq
+        for _attempt in range(5):
+            rows = await self._scan_once(last_seq)
+            if rows is not None:
+                return rows, last_seq
+            log.warning("loading bucket %s: consumer sequence gap, restarting the scan", self._name)
+        raise ConnectionLost(f"loading bucket {self._name}: messages kept being dropped")
+
+    async def load(self) -> Snapshot:
+        """Every live key's latest entry, read with a ``LAST_PER_SUBJECT`` consumer.
+
+        ``Snapshot.revision`` is the stream's last sequence read *before* the consumer started, and
+        the scan does not stop before it has seen that sequence (or the consumer reports nothing
+        pending), so the snapshot is never partial. Writes racing with the load may already be
+        reflected (entries with a revision above ``revision``); ``watch(after=revision)`` replays
+        them with the same revisions.
+        """
+        rows, last_seq = await self._scan()
+        prefix_len = len(self._prefix)
+        latest: dict[str, Entry] = {}
+        for seq, subject, data, headers, _ts in rows:
+            key = subject[prefix_len:]
+            if headers:
+                op, _reason = _entry_kind(headers)
+                if op is not Operation.PUT:
+                    latest.pop(key, None)
+                    continue
+            latest[key] = Entry(key, data, seq)
+        return Snapshot(list(latest.values()), last_seq)
+
+    # -- watch --------------------------------------------------------------------------------
+
+    def watch(self, after: int) -> AsyncIterator[Entry]:
+        """Entries with revision > ``after``, live and in order, resuming across reconnects.
+
+        The consumer starts on the first ``__anext__``. After a reconnect (or a gap, or missed
+        heartbeats) it is recreated from the last delivered revision + 1. Close it with
+        ``await it.aclose()`` (or ``async with bucket.watch(n) as it``); :meth:`NatsKVStore.close`
+        closes any still open. Raises ``BucketNotFound`` if the bucket is deleted.
+        """
+        return _Watch(self, after, self._heartbeat)
+
+    # -- get ----------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        """The latest entry of ``key`` including delete/purge markers, or ``None`` if never written."""
+        if not _valid_key(key):
+            raise InvalidKey(f"{key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = .)")
+        subject = self._subject(key)
+        if self._direct:
+            try:
+                msg = await self._nc.request(
+                    f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", self._timeout
+                )
+            except nats.errors.NoRespondersError as e:
+                raise await self._check_exists(e) from e
+            except _CONNECTION_ERRORS as e:
+                raise _lost(f"get {self._name}/{key}", e) from e
+            hdrs = msg.headers or {}
+            status = hdrs.get("Status")
+            if status == "404":
+                return None
+            if status is not None:
+                raise StoreError(
+                    f"direct get {self._name}/{key}: status {status} {hdrs.get('Description', '')}"
+                )
+            seq = int(hdrs["Nats-Sequence"])
+            op, reason = _entry_kind(hdrs)
+            return Entry(key, msg.data if op is Operation.PUT else b"", seq, op, reason)
+        try:
+            resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject})
+        except _ApiError as e:
+            if e.code == 404:
+                return None
+            raise
+        m = resp["message"]
+        headers = _parse_header_block(base64.b64decode(m["hdrs"])) if m.get("hdrs") else None
+        op, reason = _entry_kind(headers)
+        data = base64.b64decode(m["data"]) if m.get("data") and op is Operation.PUT else b""
+        return Entry(key, data, int(m["seq"]), op, reason)
+
+    # -- write --------------------------------------------------------------------------------
+
+    async def _ensure_ack_sub(self) -> None:
+        async with self._ack_lock:
+            if self._ack_sub is not None:
+                return
+            prefix = self._nc.new_inbox() + "."
+            try:
+                self._ack_sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+            except _CONNECTION_ERRORS as e:
+                raise _lost(f"writing to bucket {self._name}", e) from e
+            self._ack_prefix = prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _check_op(self, op: WriteOp) -> StoreError | None:
+        if not _valid_key(op.key):
+            return InvalidKey(
+                f"{op.key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = ., "
+                "no leading or trailing dot)"
+            )
+        if op.msg_id is not None and len(op.msg_id) > _MAX_MSG_ID:
+            return StoreError(f"{self._name}/{op.key}: msg_id longer than {_MAX_MSG_ID} characters")
+        if op.value is not None:
+            limit = self.max_value_size
+            if len(op.value) > limit:
+                return PayloadTooLarge(
+                    f"{self._name}/{op.key}: value is {len(op.value)} bytes, the limit is {limit} bytes",
+                    size=len(op.value),
+                    limit=limit,
+                )
+        return None
+
+    def _ack_result(self, op: WriteOp, msg: Msg) -> WriteResult:
+        hdrs = msg.headers
+        if hdrs and hdrs.get("Status") == "503":
+            return _NO_RESPONDERS
+        try:
+            resp = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return StoreError(f"{self._name}/{op.key}: unreadable publish ack {msg.data[:100]!r}")
+        err = resp.get("error")
+        if not err:
+            return int(resp["seq"])  # a duplicate ack carries the original sequence
+        err_code = int(err.get("err_code", 0))
+        desc = str(err.get("description"))
+        if err_code == _ERR_WRONG_LAST_SEQUENCE:
+            return Conflict(op.key, op.expected_revision)
+        if err_code == _ERR_MESSAGE_TOO_LARGE:
+            size = len(op.value or b"")
+            return PayloadTooLarge(
+                f"{self._name}/{op.key}: value is {size} bytes, the bucket refused it: {desc}",
+                size=size,
+                limit=self.max_value_size,
+            )
+        if err_code == _ERR_STREAM_NOT_FOUND:
+            return BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})")
+        return StoreError(f"{self._name}/{op.key}: {desc} (err_code {err_code})")
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """Publish ``ops`` pipelined (up to ``max_inflight`` unacknowledged), one result per op.
+
+        Results: the new revision (a duplicate ``msg_id`` gives the original one), ``Conflict``
+        for a failed compare-and-set, or the ``StoreError`` for that op (``InvalidKey``,
+        ``PayloadTooLarge``, ``BucketNotFound``, ``ConnectionLost`` when no ack arrived within the
+        timeout — the write may still have been applied; retry with the same ``msg_id``).
+        Never raises for a per-op failure and never waits longer than the timeout per op.
+        """
+        results: list[WriteResult | None] = [None] * len(ops)
+        if not ops:
+            return []
+        try:
+            await self._ensure_ack_sub()
+        except ConnectionLost as e:
+            return [e] * len(ops)
+        nc = self._nc
+        loop = asyncio.get_running_loop()
+        timeout = self._timeout
+        # In publish order; acks of one stream come back in order, so the head has the earliest
+        # deadline and waiting on it alone bounds every op by the timeout.
+        inflight: deque[tuple[float, str, int, asyncio.Future[Msg]]] = deque()
+
+        def settle(i: int, fut: asyncio.Future[Msg]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                exc = fut.exception() if not fut.cancelled() else None
+                results[i] = _lost(f"{self._name}/{ops[i].key}: no publish ack", exc or TimeoutError())
+            else:
+                results[i] = self._ack_result(ops[i], fut.result())
+
+        async def settle_head() -> None:
+            deadline, token, i, fut = inflight.popleft()
+            if not fut.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+            if not fut.done():
+                self._acks.pop(token, None)
+                fut.set_exception(nats.errors.TimeoutError())
+            settle(i, fut)
+
+        try:
+            for i, op in enumerate(ops):
+                bad = self._check_op(op)
+                if bad is not None:
+                    results[i] = bad
+                    continue
+                while len(inflight) >= self._max_inflight:
+                    await settle_head()
+                headers: dict[str, str] = {}
+                if op.msg_id is not None:
+                    headers["Nats-Msg-Id"] = op.msg_id
+                if op.expected_revision is not None:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(op.expected_revision)
+                if op.value is None:
+                    headers["KV-Operation"] = "DEL"
+                token = str(next(self._ack_ids))
+                fut: asyncio.Future[Msg] = loop.create_future()
+                self._acks[token] = fut
+                try:
+                    await nc.publish(
+                        self._prefix + op.key,
+                        op.value if op.value is not None else b"",
+                        reply=self._ack_prefix + token,
+                        headers=headers or None,
+                    )
+                except nats.errors.MaxPayloadError as e:  # the server lowered max_payload since the check
+                    self._acks.pop(token, None)
+                    size = len(op.value or b"")
+                    err = PayloadTooLarge(
+                        f"{self._name}/{op.key}: value is {size} bytes, over the server's max payload",
+                        size=size,
+                        limit=self.max_value_size,
+                    )
+                    err.__cause__ = e
+                    results[i] = err
+                    continue
+                except _PUBLISH_ERRORS as e:
+                    self._acks.pop(token, None)
+                    results[i] = _lost(f"{self._name}/{op.key}: publish failed", e)
+                    continue
+                inflight.append((loop.time() + timeout, token, i, fut))
+            while inflight:
+                await settle_head()
+        finally:
+            # Cancelled midway: forget our futures so late acks are dropped, not leaked.
+            for _d, token, _i, fut in inflight:
+                self._acks.pop(token, None)
+                if not fut.done():
+                    fut.cancel()
+
+        if any(r is _NO_RESPONDERS for r in results):
+            # No responders on a KV subject: the stream is gone, or JetStream is not ready.
+            gone = await self._check_exists(nats.errors.NoRespondersError())
+            for i, r in enumerate(results):
+                if r is _NO_RESPONDERS:
+                    results[i] = gone
+        return [r if r is not None else StoreError("write result missing") for r in results]
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def purge_deletes(self, older_than: float = 30 * 60) -> None:
+        """Remove delete/purge markers older than ``older_than`` seconds, and what they hide.
+
+        Recent markers are kept so a watcher that is briefly behind still sees the deletion.
+        A newer write racing with this is never removed (the purge stops below the marker's
+        revision + 1). After this, the key reads as never written (``expected_revision=0``).
+        """
+        rows, _ = await self._scan()
+        cutoff_ns = time.time_ns() - int(older_than * 1e9)
+        for seq, subject, _data, headers, ts in rows:
+            if not headers or _entry_kind(headers)[0] is Operation.PUT or ts > cutoff_ns:
+                continue
+            await self._api(f"$JS.API.STREAM.PURGE.{self._stream}", {"filter": subject, "seq": seq + 1})
+
+    async def close(self) -> None:
+        """Stop this bucket's watches and its ack subscription."""
+        for w in list(self._watches):
+            await w.aclose()
+        sub, self._ack_sub = self._ack_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.cancel()
+        self._acks.clear()
+
+
+class _NoResponders(StoreError):
+    """Placeholder result until the bucket's existence is checked."""
+
+
+_NO_RESPONDERS = _NoResponders("no responders")
+
+
+def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
+    """The JetStream stream config of a KV bucket, as nats.go and nats-py create it (with direct gets)."""
+    if config.storage not in ("file", "memory"):
+        raise ValueError(f"bucket storage must be 'file' or 'memory', not {config.storage!r}")
+    dup = _DUPLICATE_WINDOW_NS
+    max_age = 0
+    if config.ttl:
+        max_age = int(config.ttl * 1e9)
+        dup = min(dup, max_age)
+    cfg: dict[str, Any] = {
+        "name": f"KV_{name}",
+        "subjects": [f"$KV.{name}.>"],
+        "retention": "limits",
+        "max_consumers": -1,
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": max_age,
+        "max_msgs_per_subject": config.history,
+        "max_msg_size": config.max_value_size if config.max_value_size else -1,
+        "storage": config.storage,
+        "discard": "new",
+        "num_replicas": config.replicas,
+        "duplicate_window": dup,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "deny_purge": False,
+        "allow_direct": True,
+    }
+    if config.description:
+        cfg["description"] = config.description
+    # Escape hatch: raw JetStream stream config fields (e.g. "max_bytes", "placement").
+    cfg.update(config.extra)
+    return cfg
+
+
+_COMPARED = ("max_msgs_per_subject", "max_msg_size", "storage", "num_replicas", "max_age", "allow_direct")
+
+
+class NatsKVStore:
+    """A :class:`~brainless_odm.store.base.KVStore` on NATS JetStream Key/Value.
+
+    ``nc`` is a connected nats-py client; the store never closes it. ``namespace`` scopes
+    :meth:`list_buckets` to buckets named ``{namespace}-...``. ``timeout`` bounds every server
+    round trip (API calls, publish acks); ``max_inflight`` is how many unacknowledged publishes a
+    write keeps in flight; ``heartbeat`` is the idle heartbeat of watch consumers (a dead consumer
+    is replaced after three missed heartbeats, and right after a reconnect).
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        namespace: str,
+        timeout: float = 5.0,
+        max_inflight: int = 2048,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self._nc = nc
+        self.namespace = namespace
+        self._timeout = timeout
+        self._max_inflight = max_inflight
+        self._heartbeat = heartbeat
+        self._buckets: list[NatsBucket] = []
+
+    async def open_bucket(self, name: str, config: BucketConfig) -> NatsBucket:
+        """Open bucket ``name`` (already namespaced), creating it with ``config`` where missing.
+
+        An existing bucket is used as it is; where its settings differ from ``config`` a warning
+        is logged (changing a bucket is an operator's decision, not a side effect of starting).
+        """
+        if _BUCKET_RE.fullmatch(name) is None:
+            raise InvalidKey(f"{name!r} is not a valid NATS KV bucket name (allowed: A-Z a-z 0-9 - _)")
+        wanted = _stream_config(name, config)
+        stream = wanted["name"]
+        try:
+            info = await _api(self._nc, f"$JS.API.STREAM.INFO.{stream}", None, self._timeout)
+        except _ApiError as e:
+            if e.err_code != _ERR_STREAM_NOT_FOUND:
+                raise
+            try:
+                info = await _api(self._nc, f"$JS.API.STREAM.CREATE.{stream}", wanted, self._timeout)
+            except _ApiError as e2:
+                if e2.err_code != _ERR_STREAM_NAME_IN_USE:
+                    raise
+                # Someone else created it between our INFO and CREATE: use theirs.
+                info = await _api(self._nc, f"$JS.API.STREAM.INFO.{stream}", None, self._timeout)
+        have = cast("dict[str, Any]", info.get("config", {}))
+        diffs = [f"{k}={have.get(k)!r} (wanted {wanted[k]!r})" for k in _COMPARED if have.get(k) != wanted[k]]
+        if diffs:
+            log.warning(
+                "bucket %s exists with different settings, using it as it is: %s", name, ", ".join(diffs)
+            )
+        bucket = NatsBucket(
+            self._nc,
+            name,
+            stream_config=have,
+            timeout=self._timeout,
+            max_inflight=self._max_inflight,
+            heartbeat=self._heartbeat,
+        )
+        self._buckets.append(bucket)
+        return bucket
+
+    async def delete_bucket(self, name: str) -> bool:
+        """Delete bucket ``name`` and all its data. ``False`` if it did not exist."""
+        try:
+            await _api(self._nc, f"$JS.API.STREAM.DELETE.KV_{name}", None, self._timeout)
+        except _ApiError as e:
+            if e.err_code == _ERR_STREAM_NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def list_buckets(self) -> list[str]:
+        """Names of the buckets of this namespace (``{namespace}-*``), sorted."""
+        prefix = f"KV_{self.namespace}-"
+        names: list[str] = []
+        offset = 0
+        while True:
+            resp = await _api(self._nc, "$JS.API.STREAM.NAMES", {"offset": offset}, self._timeout)
+            page = resp.get("streams") or []
+            names.extend(s[3:] for s in page if s.startswith(prefix))
+            offset += len(page)
+            if not page or offset >= int(resp.get("total", 0)):
+                break
+        return sorted(names)
+
+    async def close(self) -> None:
+        """Stop every watch and ack subscription this store opened. The connection stays open."""
+        buckets, self._buckets = self._buckets, []
+        for b in buckets:
+            await b.close()
+
+
+def _quiet_error_cb_factory(url: str) -> Callable[[Exception], Any]:
+    async def error_cb(e: Exception) -> None:
+        # nats-py's default logs every reconnect attempt with a traceback at ERROR.
+        log.warning("NATS %s: %s: %s", url, type(e).__name__, e)
+
+    return error_cb
+
+
+async def connect(
+    url: str | list[str] = "nats://127.0.0.1:4222", *, timeout: float = 2.0, **options: Any
+) -> Client:
+    """Connect to NATS, failing within seconds with :class:`ConnectionLost` if no server answers.
+
+    nats-py's own defaults retry a dead server for about two minutes. Here each server is tried
+    at most twice (``connect_timeout=timeout``), and the whole attempt is bounded by roughly
+    ``2 * timeout`` per server. Once connected, the client reconnects forever by default
+    (``max_reconnect_attempts=-1``, ``reconnect_time_wait=0.5``) so a running application
+    survives a server restart. Every other nats-py ``connect`` option (``user``, ``password``,
+    ``token``, ``user_credentials``, ``tls``, callbacks...) is passed through.
+    """
+    servers = [url] if isinstance(url, str) else list(url)
+    shown = ", ".join(servers)
+    after_reconnect_attempts = options.pop("max_reconnect_attempts", -1)
+    after_allow_reconnect = options.pop("allow_reconnect", True)
+    after_time_wait = options.pop("reconnect_time_wait", 0.5)
+    options.setdefault("error_cb", _quiet_error_cb_factory(shown))
+    options.setdefault("ping_interval", 10)
+    options.setdefault("max_outstanding_pings", 3)
+    nc = Client()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers,
+                connect_timeout=timeout,  # type: ignore[arg-type]  # nats-py annotates int, uses float
+                allow_reconnect=True,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                **options,
+            ),
+            timeout=2 * timeout * len(servers) + 1.0,
+        )
+    except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise ConnectionLost(
+            f"cannot connect to NATS at {shown} within {timeout:g}s per attempt ({type(e).__name__}: {e})"
+        ) from e
+    nc.options["max_reconnect_attempts"] = after_reconnect_attempts
+    nc.options["allow_reconnect"] = after_allow_reconnect
+    nc.options["reconnect_time_wait"] = after_time_wait
+    return nc
