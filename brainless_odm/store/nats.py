@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import nats
@@ -52,7 +52,7 @@ from brainless_odm.store.base import (
     WriteResult,
 )
 
-__all__ = ["NatsBucket", "NatsKVStore", "connect"]
+__all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,8 @@ class _PushConsumer:
             self._on_gap()
 
 
-class _Watch:
-    """The async iterator returned by :meth:`NatsBucket.watch`.
+class NatsWatch:
+    """The async iterator (and async context manager) returned by :meth:`NatsBucket.watch`.
 
     Invariant: ``_last`` is the revision of the last entry queued; every (re)created consumer
     starts at ``_last + 1`` and entries at or below ``_last`` are dropped, so a reset can neither
@@ -325,10 +325,14 @@ class _Watch:
         self._held_flow: list[str] = []
         self._reconnects = 0
 
-    def __aiter__(self) -> _Watch:
+    def __aiter__(self) -> NatsWatch:
         return self
 
-    async def __aenter__(self) -> _Watch:
+    async def __aenter__(self) -> NatsWatch:
+        # Start the consumer now rather than on the first __anext__, so entries written from
+        # here on are read while the bucket still holds them (history=1 drops superseded ones).
+        if self._monitor is None and not self._closed:
+            await self._start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -472,7 +476,7 @@ class NatsBucket:
         self._direct = bool(stream_config.get("allow_direct"))
         mms = int(stream_config.get("max_msg_size", -1) or -1)
         self._max_msg_size = mms if mms > 0 else None
-        self._watches: set[_Watch] = set()
+        self._watches: set[NatsWatch] = set()
         # Write pipeline: one wildcard inbox subscription; each publish gets reply <inbox>.<n>.
         self._ack_sub: Subscription | None = None
         self._ack_prefix = ""
@@ -600,15 +604,15 @@ class NatsBucket:
 
     # -- watch --------------------------------------------------------------------------------
 
-    def watch(self, after: int) -> AsyncIterator[Entry]:
+    def watch(self, after: int) -> NatsWatch:
         """Entries with revision > ``after``, live and in order, resuming across reconnects.
 
-        The consumer starts on the first ``__anext__``. After a reconnect (or a gap, or missed
-        heartbeats) it is recreated from the last delivered revision + 1. Close it with
+        The consumer starts on ``async with`` or the first ``__anext__``. After a reconnect (or
+        a gap, or missed heartbeats) it is recreated from the last delivered revision + 1. Close it with
         ``await it.aclose()`` (or ``async with bucket.watch(n) as it``); :meth:`NatsKVStore.close`
         closes any still open. Raises ``BucketNotFound`` if the bucket is deleted.
         """
-        return _Watch(self, after, self._heartbeat)
+        return NatsWatch(self, after, self._heartbeat)
 
     # -- get ----------------------------------------------------------------------------------
 
@@ -759,6 +763,11 @@ class NatsBucket:
                     continue
                 while len(inflight) >= self._max_inflight:
                     await settle_head()
+                if not nc.is_connected:
+                    # nats-py would buffer the publish until a reconnect and we would wait the full
+                    # timeout for an ack; fail now, the engine retries (with the same msg_id).
+                    results[i] = ConnectionLost(f"{self._name}/{op.key}: not connected to NATS")
+                    continue
                 headers: dict[str, str] = {}
                 if op.msg_id is not None:
                     headers["Nats-Msg-Id"] = op.msg_id

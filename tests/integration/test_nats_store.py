@@ -1,0 +1,335 @@
+"""NatsKVStore against a real nats-server: the KVStore semantics of brainless_odm.store.base."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge
+from brainless_odm.store.base import Bucket, BucketConfig, Conflict, Entry, KVStore, Operation, WriteOp
+from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
+from brainless_odm.testing import NatsServer, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(nats_client: Client, brainless_namespace: str) -> AsyncIterator[NatsKVStore]:
+    s = NatsKVStore(nats_client, namespace=brainless_namespace)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def bucket(store: NatsKVStore, brainless_namespace: str) -> NatsBucket:
+    return await store.open_bucket(f"{brainless_namespace}-call", BucketConfig())
+
+
+async def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    """Poll ``predicate()`` until true or fail after ``timeout`` seconds."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _revision(result: object) -> int:
+    assert isinstance(result, int), result
+    return result
+
+
+async def test_protocols_and_bucket_visible_to_nats_py(
+    store: NatsKVStore, bucket: NatsBucket, nats_client: Client, brainless_namespace: str
+) -> None:
+    assert isinstance(store, KVStore)
+    assert isinstance(bucket, Bucket)
+    name = f"{brainless_namespace}-call"
+    assert bucket.name == name
+    assert await store.list_buckets() == [name]
+
+    js = nats_client.jetstream()
+    info = await js.stream_info(f"KV_{name}")
+    assert info.config.allow_direct is True
+    kv = await js.key_value(name)
+    rev = _revision((await bucket.write([WriteOp("abc", b'{"a": 1}')]))[0])
+    got = await kv.get("abc")
+    assert (got.value, got.revision) == (b'{"a": 1}', rev)
+
+    # Opening again (another node) reuses it; a different config only warns.
+    again = await NatsKVStore(nats_client, namespace=brainless_namespace).open_bucket(
+        name, BucketConfig(history=5)
+    )
+    assert (await again.get("abc")) == Entry("abc", b'{"a": 1}', rev)
+    assert await store.delete_bucket(name) is True
+    assert await store.delete_bucket(name) is False
+    assert await store.list_buckets() == []
+
+
+async def test_put_get_and_compare_and_set(bucket: NatsBucket) -> None:
+    assert await bucket.get("k1") is None
+    r1, r2 = await bucket.write([WriteOp("k1", b"a", expected_revision=0), WriteOp("k2", b"b")])
+    rev1 = _revision(r1)
+    assert _revision(r2) == rev1 + 1
+    assert await bucket.get("k1") == Entry("k1", b"a", rev1)
+
+    # Update on a stale revision, and create on an existing key, both conflict.
+    rev1b = _revision((await bucket.write([WriteOp("k1", b"a2", expected_revision=rev1)]))[0])
+    stale, exists, ok = await bucket.write(
+        [
+            WriteOp("k1", b"a3", expected_revision=rev1),
+            WriteOp("k2", b"b2", expected_revision=0),
+            WriteOp("k1", b"a4", expected_revision=rev1b),
+        ]
+    )
+    assert stale == Conflict("k1", rev1)
+    assert exists == Conflict("k2", 0)
+    rev_ok = _revision(ok)
+    assert await bucket.get("k1") == Entry("k1", b"a4", rev_ok)
+
+
+async def test_delete_marker_revision_is_usable_for_cas(bucket: NatsBucket) -> None:
+    rev = _revision((await bucket.write([WriteOp("d", b"x")]))[0])
+    del_rev = _revision((await bucket.write([WriteOp("d", None, expected_revision=rev)]))[0])
+    marker = await bucket.get("d")
+    assert marker == Entry("d", b"", del_rev, Operation.DELETE)
+    # Re-creating a deleted key: 0 conflicts (it was written), the marker's revision succeeds.
+    zero, good = await bucket.write(
+        [WriteOp("d", b"y", expected_revision=0), WriteOp("d", b"y", expected_revision=del_rev)]
+    )
+    assert zero == Conflict("d", 0)
+    assert await bucket.get("d") == Entry("d", b"y", _revision(good))
+
+
+async def test_msg_id_deduplicates(bucket: NatsBucket) -> None:
+    first = await bucket.write([WriteOp("m", b"1", msg_id="flush-1-m")])
+    again = await bucket.write([WriteOp("m", b"1", msg_id="flush-1-m")])
+    assert first == again
+    entry = await bucket.get("m")
+    assert entry is not None
+    assert entry.revision == first[0]
+
+
+async def test_load_20k_complete_every_time(
+    nats_client: Client, bucket: NatsBucket, brainless_namespace: str
+) -> None:
+    n = 20_000
+    ops: list[WriteOp] = []
+    expected: dict[str, bytes] = {}
+    for i in range(n):
+        key = f"doc-{i:05d}"
+        value = b'{"i": %d, "pad": "%s"}' % (i, b"x" * 80)
+        ops.append(WriteOp(key, value))
+        expected[key] = value
+        if i % 7 == 6:  # interleaved deletes of earlier keys
+            gone = f"doc-{i - 3:05d}"
+            ops.append(WriteOp(gone, None))
+            expected.pop(gone)
+    results = await bucket.write(ops)
+    assert all(isinstance(r, int) for r in results)
+    last = max(_revision(r) for r in results)
+    for _ in range(3):
+        fresh = NatsKVStore(nats_client, namespace=brainless_namespace)
+        b = await fresh.open_bucket(bucket.name, BucketConfig())
+        t0 = time.perf_counter()
+        snap = await b.load()
+        elapsed = time.perf_counter() - t0
+        print(f"load: {len(snap.entries)} entries in {elapsed:.3f}s = {len(snap.entries) / elapsed:,.0f}/s")
+        assert snap.revision == last
+        assert {e.key: e.value for e in snap.entries} == expected
+        await fresh.close()
+
+
+async def test_load_empty_bucket_returns_at_once(bucket: NatsBucket) -> None:
+    snap = await asyncio.wait_for(bucket.load(), 2)
+    assert (snap.entries, snap.revision) == ([], 0)
+    # Only markers left: still complete, nothing live.
+    await bucket.write([WriteOp("a", b"1")])
+    await bucket.write([WriteOp("a", None)])
+    snap = await asyncio.wait_for(bucket.load(), 3)
+    assert (snap.entries, snap.revision) == ([], 2)
+
+
+async def test_watch_puts_deletes_purges_in_order(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    # history > 1: with history=1 the server drops a superseded put before a late watch reads it.
+    bucket = await store.open_bucket(f"{brainless_namespace}-hist", BucketConfig(history=10))
+    watch = bucket.watch(0)
+    assert isinstance(watch, contextlib.AbstractAsyncContextManager)
+    async with watch:
+        await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"2"), WriteOp("a", None)])
+        got = [await asyncio.wait_for(anext(watch), 3) for _ in range(3)]
+        # A purge (here an operator's, through plain nats-py) rolls up the key's history, so it is
+        # written once the watch has seen the put it removes.
+        kv = await nats_client.jetstream().key_value(bucket.name)
+        await kv.purge("b")
+        got.append(await asyncio.wait_for(anext(watch), 3))
+    assert [(e.key, e.operation, e.revision) for e in got] == [
+        ("a", Operation.PUT, 1),
+        ("b", Operation.PUT, 2),
+        ("a", Operation.DELETE, 3),
+        ("b", Operation.PURGE, 4),
+    ]
+    assert got[0].value == b"1"
+    assert got[2].value == b""
+
+
+async def test_nothing_missed_between_load_and_watch(store: NatsKVStore, brainless_namespace: str) -> None:
+    # Full history, so every revision the writer made is still there to be checked for.
+    bucket = await store.open_bucket(f"{brainless_namespace}-race", BucketConfig(history=64))
+    stop = asyncio.Event()
+    written: list[int] = []
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            batch = [WriteOp(f"k{(i + j) % 300}", b"%d" % (i + j)) for j in range(20)]
+            batch.append(WriteOp(f"k{i % 300}", None))
+            written.extend(_revision(r) for r in await bucket.write(batch))
+            i += 21
+
+    task = asyncio.create_task(writer())
+    await _wait_for(lambda: len(written) > 500, 10, "the writer to start")
+    snap = await bucket.load()
+    state = {e.key: e for e in snap.entries if e.revision <= snap.revision}
+    seen: list[int] = []
+    async with bucket.watch(snap.revision) as watch:
+        await _wait_for(lambda: len(written) > 3000, 20, "more writes")
+        stop.set()
+        await task
+        final = max(written)
+        async for entry in watch:
+            seen.append(entry.revision)
+            if entry.operation is Operation.PUT:
+                state[entry.key] = entry
+            else:
+                state.pop(entry.key, None)
+            if entry.revision >= final:
+                break
+    assert seen == sorted(set(seen)), "watch out of order or duplicated"
+    assert seen == [r for r in sorted(written) if r > snap.revision]
+    reloaded = await bucket.load()
+    assert {e.key: e for e in reloaded.entries} == state
+
+
+async def test_payload_too_large_does_not_break_the_batch(bucket: NatsBucket) -> None:
+    big = b"x" * (1024 * 1024 + 1)
+    ok1, bad, ok2 = await bucket.write([WriteOp("a", b"1"), WriteOp("huge", big), WriteOp("b", b"2")])
+    assert isinstance(bad, PayloadTooLarge)
+    assert "huge" in str(bad)
+    assert bad.size == len(big)
+    assert bad.limit == bucket.max_value_size
+    assert _revision(ok2) == _revision(ok1) + 1
+    assert await bucket.get("huge") is None
+
+
+async def test_bucket_max_value_size_is_enforced(store: NatsKVStore, brainless_namespace: str) -> None:
+    small = await store.open_bucket(f"{brainless_namespace}-small", BucketConfig(max_value_size=2048))
+    assert small.max_value_size <= 2048
+    ok, bad = await small.write([WriteOp("a", b"y" * 100), WriteOp("b", b"y" * 4000)])
+    _revision(ok)
+    assert isinstance(bad, PayloadTooLarge)
+
+
+async def test_invalid_keys(bucket: NatsBucket) -> None:
+    results = await bucket.write(
+        [
+            WriteOp("has space", b"x"),
+            WriteOp(".lead", b"x"),
+            WriteOp("trail.", b"x"),
+            WriteOp("ok.a/b=c_d-e", b"x"),
+        ]
+    )
+    assert all(isinstance(r, InvalidKey) for r in results[:3])
+    _revision(results[3])
+    with pytest.raises(InvalidKey):
+        await bucket.get("a*b")
+
+
+async def test_bucket_deleted_by_operator(bucket: NatsBucket, nats_client: Client) -> None:
+    await bucket.write([WriteOp("a", b"1")])
+    await nats_client.jetstream().delete_key_value(bucket.name)
+    t0 = time.monotonic()
+    results = await asyncio.wait_for(bucket.write([WriteOp("a", b"2"), WriteOp("b", b"3")]), 10)
+    assert all(isinstance(r, BucketNotFound) for r in results), results
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(BucketNotFound):
+        await bucket.get("a")
+    with pytest.raises(BucketNotFound):
+        await bucket.load()
+
+
+async def test_connect_to_dead_port_fails_fast() -> None:
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionLost, match=f"127.0.0.1:{port}"):
+        await connect(f"nats://127.0.0.1:{port}", timeout=1.0)
+    assert time.monotonic() - t0 < 5
+
+
+async def test_server_restart_mid_writes(tmp_path: Path) -> None:
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    nc = await connect(server.url)
+    try:
+        store = NatsKVStore(nc, namespace="rs", timeout=1.0)
+        bucket = await store.open_bucket("rs-call", BucketConfig())
+        acked: dict[str, int] = {}
+        lost: list[str] = []
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                op = WriteOp(f"k{i}", b"%d" % i, msg_id=f"w-{i}")
+                (result,) = await bucket.write([op])
+                if isinstance(result, ConnectionLost):
+                    lost.append(op.key)  # retry the same op (same msg_id): idempotent
+                    await asyncio.sleep(0.05)
+                    continue
+                acked[op.key] = _revision(result)
+                i += 1
+
+        delivered: dict[str, float] = {}
+
+        async def watcher() -> None:
+            last = 0
+            async with bucket.watch(0) as w:
+                async for entry in w:
+                    assert entry.revision > last
+                    last = entry.revision
+                    delivered[entry.key] = time.monotonic()
+
+        wtask = asyncio.create_task(writer())
+        vtask = asyncio.create_task(watcher())
+        await _wait_for(lambda: len(acked) >= 200 and len(delivered) >= 200, 10, "writes before the outage")
+
+        await server.stop()  # our own store_dir: kept
+        await _wait_for(lambda: bool(lost), 10, "a write failing with ConnectionLost")
+        before = len(acked)
+        await server.start()
+        restarted = time.monotonic()
+        await _wait_for(lambda: len(acked) >= before + 200, 15, "writes after the restart")
+        resumed_key = f"k{before}"
+        await _wait_for(lambda: resumed_key in delivered, 5, "the watch to resume")
+        assert delivered[resumed_key] - restarted < 3.0
+        stop.set()
+        await wtask
+        await _wait_for(lambda: set(acked) <= set(delivered), 5, "the watch to deliver every acked write")
+        vtask.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await vtask
+        snap = await bucket.load()
+        assert {e.key: e.revision for e in snap.entries} == acked
+        await store.close()
+    finally:
+        await nc.close()
+        await server.stop()
