@@ -135,6 +135,8 @@ class FlushError(BrainlessError):
         lines = [f"  {coll}/{key}: {type(exc).__name__}: {exc}" for coll, key, exc in failures[:10]]
         more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
         super().__init__(
-            f"{len(failures)} document(s) could not be written:\n" + "\n".join(lines) + more
+            f"{len(failures)} document(s) could not be written:\n"
+            + "\n".join(lines)
+            + more
             + f"\nSee {_link('FlushError')}"
         )

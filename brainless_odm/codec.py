@@ -1,0 +1,63 @@
+"""Document ⇄ stored bytes.
+
+The stored value is the document's fields as a JSON object, serialised by Pydantic (Rust side), plus
+one ``"_odm"`` key of bookkeeping that no field can collide with (Pydantic fields cannot start with
+``_``)::
+
+    {"channel_id": "c-1", "queue_id": 3, ..., "_odm": {"loc": "prague-1", "ch": ["state"], "w": "..."}}
+
+``loc`` is the location of the writer, ``ch`` the fields that write changed (all of them on create),
+``w`` the write id (also sent as ``Nats-Msg-Id``), by which a node recognises its own write after an
+outcome it could not see. The key is the uuid, so the uuid is not repeated in the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+if TYPE_CHECKING:
+    from .document import Document
+
+D = TypeVar("D", bound="Document")
+
+__all__ = ["META_KEY", "decode", "encode", "read_meta"]
+
+META_KEY = "_odm"
+_EXCLUDE_UUID = {"uuid"}
+
+
+def encode(doc: Document, *, location: str, changed: Iterable[str], write_id: str) -> bytes:
+    """The bytes stored for ``doc``."""
+    body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=_EXCLUDE_UUID)
+    meta = orjson.dumps({"loc": location, "ch": sorted(changed), "w": write_id})
+    if body == b"{}":
+        return b'{"_odm":' + meta + b"}"
+    return body[:-1] + b',"_odm":' + meta + b"}"
+
+
+def decode(cls: type[D], key: str, value: bytes) -> D:
+    """Validate a stored value into a ``cls`` document with ``uuid=key``. Raises on bad data."""
+    if cls.__odm__.fast_decode:
+        doc = cls.model_validate_json(value)
+    else:
+        data = orjson.loads(value)
+        if not isinstance(data, dict):
+            raise ValueError(f"stored value is a JSON {type(data).__name__}, not an object")
+        data.pop(META_KEY, None)
+        data.pop("uuid", None)
+        doc = cls.model_validate(data)
+    doc.__dict__["uuid"] = key
+    return doc
+
+
+def read_meta(value: bytes) -> dict[str, Any]:
+    """The ``_odm`` bookkeeping of a stored value (empty if absent or undecodable)."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {}
+    meta = data.get(META_KEY) if isinstance(data, dict) else None
+    return meta if isinstance(meta, dict) else {}

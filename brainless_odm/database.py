@@ -1,0 +1,422 @@
+"""``Database``: the lifecycle of a set of collections on one store, and which one a class uses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+import time
+import uuid as _uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from .document import Document
+from .engine.collection import Collection
+from .engine.events import Listeners
+from .exceptions import DatabaseError, FlushError, NotBoundError, StoreError
+from .registry import Registry, default_registry
+from .store.base import Bucket, BucketConfig, Entry, KVStore, WriteOp
+from .store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["Database", "DeadLetter"]
+
+log = logging.getLogger("brainless_odm")
+
+D = TypeVar("D", bound=Document)
+
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+DEAD_LETTERS = "_dead_letters"
+
+# Started databases by document class, in start order: the first one is the default binding.
+_bound: dict[type[Document], list[Database]] = {}
+# Callbacks registered on Call.objects (no database given) apply to every database holding Call.
+_class_listeners: dict[type[Document], Listeners] = {}
+
+
+def class_listeners(cls: type[Document]) -> Listeners:
+    listeners = _class_listeners.get(cls)
+    if listeners is None:
+        listeners = _class_listeners[cls] = Listeners()
+    return listeners
+
+
+def bound_database(cls: type[Document]) -> Database:
+    """The default database of ``cls``: the first started, not stopped one that holds it."""
+    dbs = _bound.get(cls)
+    if not dbs:
+        raise NotBoundError(
+            f"{cls.__name__}.objects is not bound to a database: start one that holds it first "
+            f"(`db = Database(nc, ...); await db.start()` or `async with Database(...) as db:`), "
+            f"or use {cls.__name__}.objects.using(db)"
+        )
+    return dbs[0]
+
+
+def _node_from_location(location: str) -> int:
+    # 48 bits from a stable hash, multicast bit set as RFC 4122 asks of non-MAC node ids.
+    digest = hashlib.blake2b(location.encode(), digest_size=6).digest()
+    return int.from_bytes(digest, "big") | (1 << 40)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A stored entry that did not decode or validate, moved aside from its collection."""
+
+    collection: str
+    key: str
+    error: str
+    value: bytes
+    revision: int
+    location: str
+    time: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.collection}.{self.key}"
+
+
+class Database:
+    """A set of document collections kept in memory and synced through one store.
+
+    ``nc`` is a connected ``nats.aio.client.Client``, ``None`` for a private in-memory store, or
+    any ``KVStore`` (e.g. one ``MemoryStore`` shared by several databases, which then sync with
+    each other like nodes do through NATS).
+    """
+
+    def __init__(
+        self,
+        nc: Any = None,
+        *,
+        namespace: str = "default",
+        location: str = "local",
+        flush_interval: float = 0.1,
+        documents: Iterable[type[Document]] | Registry | None = None,
+    ) -> None:
+        if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
+            raise ValueError(f"namespace must be letters, digits, '_' or '-', got {namespace!r}")
+        if not isinstance(location, str) or not location:
+            raise ValueError(f"location must be a non-empty string, got {location!r}")
+        if flush_interval < 0:
+            raise ValueError(f"flush_interval must be >= 0, got {flush_interval!r}")
+        self.namespace = namespace
+        self.location = location
+        self.flush_interval = flush_interval
+        self._nc = nc
+        self._documents = documents
+        self._store: KVStore | None = None
+        self._own_store = False
+        self._collections: dict[type[Document], Collection[Any]] = {}
+        self._state = "new"
+        self._node = _node_from_location(location)
+        self.node_id = secrets.token_hex(4)
+        self._flush_lock = asyncio.Lock()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._dead_bucket: Bucket | None = None
+
+    def __repr__(self) -> str:
+        return f"Database(namespace={self.namespace!r}, location={self.location!r}, state={self._state})"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
+
+    @property
+    def store(self) -> KVStore:
+        if self._store is None:
+            raise DatabaseError("the database is not started")
+        return self._store
+
+    def _classes(self) -> list[type[Document]]:
+        docs = self._documents
+        if docs is None:
+            docs = default_registry
+        classes = list(docs)
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, Document)) or cls is Document:
+                raise DatabaseError(f"documents must be Document subclasses, got {cls!r}")
+            if cls.__odm__.abstract:
+                raise DatabaseError(f"{cls.__name__} is abstract: it has no collection")
+        names = [c.__odm__.collection for c in classes]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise DatabaseError(f"two document classes share collection name(s) {sorted(dup)}")
+        return classes
+
+    async def start(self) -> Self:
+        """Open (creating where missing) every collection's storage, load it, watch it."""
+        if self._state != "new":
+            raise DatabaseError(f"start() was already called on {self!r}; make a new Database")
+        self._state = "starting"
+        try:
+            nc = self._nc
+            if nc is None:
+                self._store, self._own_store = MemoryStore(), True
+            elif isinstance(nc, KVStore):
+                self._store = nc
+            else:
+                from .store.nats import NatsKVStore
+
+                self._store, self._own_store = NatsKVStore(nc, namespace=self.namespace), True
+            for cls in self._classes():
+                coll: Collection[Any] = Collection(self, cls, class_listeners(cls))
+                bucket = await self._store.open_bucket(
+                    self.bucket_name(cls.__odm__.collection), cls.__odm__.options.bucket
+                )
+                self._collections[cls] = coll
+                await coll.load(bucket)
+            for coll in self._collections.values():
+                coll.start_watch()
+        except BaseException:
+            await self._shutdown()
+            self._state = "stopped"
+            raise
+        self._state = "started"
+        for cls in self._collections:
+            _bound.setdefault(cls, []).append(self)
+        return self
+
+    async def stop(self, *, timeout: float | None = None) -> None:
+        """Flush everything, then stop watching and release the store. Idempotent.
+
+        With ``timeout``, give up flushing after that many seconds (pending changes are then lost
+        with this process; they are logged). A ``FlushError`` is raised after stopping.
+        """
+        if self._state in ("stopped", "new"):
+            self._state = "stopped"
+            return
+        error: BaseException | None = None
+        try:
+            if self._state == "started":
+                await asyncio.wait_for(self.flush(), timeout)
+        except (FlushError, asyncio.TimeoutError) as exc:
+            error = exc
+            log.error("%r: stopping with unwritten changes: %s", self, exc)
+        self._state = "stopped"
+        await self._shutdown()
+        if isinstance(error, FlushError):
+            raise error
+
+    async def _shutdown(self) -> None:
+        for cls in self._collections:
+            dbs = _bound.get(cls)
+            if dbs is not None and self in dbs:
+                dbs.remove(self)
+                if not dbs:
+                    del _bound[cls]
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for coll in self._collections.values():
+            await coll.stop_watch()
+        task = self._flush_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for coll in self._collections.values():
+            coll.detach_all()
+            await coll.listeners.drain()
+            await coll.class_listeners.drain()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._store is not None and self._own_store:
+            await self._store.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- collections -------------------------------------------------------------------------------
+    def bucket_name(self, collection: str) -> str:
+        """The bucket holding ``collection``: ``{namespace}-{collection}``."""
+        return f"{self.namespace}-{collection}"
+
+    def collection(self, cls: type[D]) -> Collection[D]:
+        """The engine state of ``cls`` in this database."""
+        coll = self._collections.get(cls)
+        if coll is None:
+            if self._state != "started":
+                raise DatabaseError(f"{self!r} is not started: await db.start() first")
+            raise DatabaseError(f"{cls.__name__} is not one of this database's documents")
+        if self._state != "started":
+            raise DatabaseError(f"{self!r} is {self._state}; it serves no documents")
+        return coll
+
+    @property
+    def documents(self) -> list[type[Document]]:
+        return list(self._collections)
+
+    def new_uuid(self) -> str:
+        return str(_uuid.uuid1(node=self._node))
+
+    def background(self, fut: asyncio.Future[Any]) -> None:
+        self._tasks.add(fut)
+        fut.add_done_callback(self._tasks.discard)
+
+    # -- flush -------------------------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        """A change is pending: flush ``flush_interval`` seconds after the first one."""
+        if self._flush_handle is not None or self._state != "started":
+            return
+        if self._flush_task is not None and not self._flush_task.done():
+            return  # the running flush reschedules itself if anything is left
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(self.flush_interval, self._start_background_flush)
+
+    def _start_background_flush(self) -> None:
+        self._flush_handle = None
+        self._flush_task = asyncio.get_running_loop().create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
+        try:
+            await self.flush()
+        except FlushError as exc:
+            log.error("%r: background flush: %s", self, exc)
+        except Exception:
+            log.exception("%r: background flush failed", self)
+        finally:
+            self._flush_task = None
+            if self._state == "started" and any(c.pending or c.deletes for c in self._collections.values()):
+                self.schedule_flush()
+
+    async def flush(self) -> int:
+        """Write every pending change; return when JetStream has acknowledged each of them.
+
+        Returns how many documents were written or deleted. Conflicts are merged and retried, lost
+        connections retried until the server answers. Documents that cannot be written at all
+        (too large, bad key, bucket gone) are reported together in a ``FlushError`` after every
+        other document was written; they stay in memory and dirty.
+        """
+        if self._state not in ("started",):
+            raise DatabaseError(f"{self!r} is not started")
+        async with self._flush_lock:
+            targets: dict[Collection[Any], set[str]] = {}
+            for coll in self._collections.values():
+                if coll.failed:
+                    for key in coll.failed:
+                        coll.pending[key] = None
+                    coll.failed.clear()
+                keys = coll.dirty_keys()
+                if keys:
+                    targets[coll] = keys
+            written = 0
+            failures: list[tuple[str, str, BaseException]] = []
+            delay = 0.02
+            while targets:
+                transient = False
+                for coll in list(targets):
+                    out = await coll.write(targets[coll])
+                    written += out.written
+                    failures.extend(out.failures)
+                    transient = transient or out.transient
+                    if out.retry:
+                        targets[coll] = out.retry
+                    else:
+                        del targets[coll]
+                if targets and transient:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+            if failures:
+                raise FlushError(failures)
+            return written
+
+    # -- dead letters ------------------------------------------------------------------------------
+    async def _dead_letters_bucket(self) -> Bucket:
+        if self._dead_bucket is None:
+            self._dead_bucket = await self.store.open_bucket(self.bucket_name(DEAD_LETTERS), BucketConfig())
+        return self._dead_bucket
+
+    async def dead_letter(self, coll: Collection[Any], entry: Entry, exc: BaseException) -> None:
+        """Move an entry that does not decode aside, so the collection still loads."""
+        log.error(
+            "%s/%s (revision %d) does not decode, moved to dead letters: %s",
+            coll.name,
+            entry.key,
+            entry.revision,
+            exc,
+        )
+        record = orjson.dumps(
+            {
+                "collection": coll.name,
+                "key": entry.key,
+                "revision": entry.revision,
+                "error": str(exc),
+                "value": base64.b64encode(entry.value).decode(),
+                "location": self.location,
+                "time": time.time(),
+            }
+        )
+        try:
+            dead = await self._dead_letters_bucket()
+            res = await dead.write([WriteOp(f"{coll.name}.{entry.key}", record)])
+            if isinstance(res[0], BaseException):
+                raise res[0]
+            assert coll.bucket is not None
+            # Only that very revision is removed: a fixed version written meanwhile stays.
+            await coll.bucket.write([WriteOp(entry.key, None, entry.revision)])
+        except StoreError as err:
+            log.error("could not move %s/%s to dead letters: %s", coll.name, entry.key, err)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Entries of this database's collections that did not decode, moved aside."""
+        bucket = await self._dead_letters_bucket()
+        snap = await bucket.load()
+        out: list[DeadLetter] = []
+        for e in snap.entries:
+            try:
+                r = orjson.loads(e.value)
+                out.append(
+                    DeadLetter(
+                        collection=r["collection"],
+                        key=r["key"],
+                        error=r["error"],
+                        value=base64.b64decode(r["value"]),
+                        revision=r["revision"],
+                        location=r.get("location", ""),
+                        time=r.get("time", 0.0),
+                    )
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("unreadable dead letter %s", e.key)
+        return sorted(out, key=lambda d: (d.collection, d.key))
+
+    async def requeue_dead_letter(self, letter: DeadLetter, value: bytes | None = None) -> Document:
+        """Validate a dead letter (or a fixed ``value`` for it) with today's schema and store it.
+
+        Raises ``pydantic.ValidationError`` if it still does not validate (nothing changes then).
+        Returns the document, now in its collection.
+        """
+        from . import codec
+
+        cls = next((c for c in self._collections if c.__odm__.collection == letter.collection), None)
+        if cls is None:
+            raise DatabaseError(f"no collection {letter.collection!r} in {self!r}")
+        doc = codec.decode(cls, letter.key, value if value is not None else letter.value)
+        coll = self.collection(cls)
+        existing = coll.docs.get(letter.key)
+        if existing is not None:
+            raise DatabaseError(f"{letter.collection}/{letter.key} exists again; delete it before requeueing")
+        coll.add(doc)
+        await self.flush()
+        bucket = await self._dead_letters_bucket()
+        await bucket.write([WriteOp(letter.id, None)])
+        return doc

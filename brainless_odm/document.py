@@ -1,0 +1,362 @@
+"""``Document``: a Pydantic model that is a stored, tracked, queryable record.
+
+The metaclass does everything that can be decided once per class — the collection name and bucket
+options, which fields are indexed or unique, which fields can change in place — and registers the
+class. It does no I/O. Each instance carries four slots of bookkeeping; everything else about storage
+lives in the engine's ``Collection`` the document is attached to (``_odm_coll``).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import uuid as _uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from . import exceptions
+from ._compat import ModelMetaclass
+from ._tracking import FieldLink, install_hook, wrap
+from .config import CollectionOptions, collection_options
+from .exceptions import DatabaseError, DefinitionError
+from .fields import Indexed, Unique
+from .query.manager import ObjectsDescriptor
+from .registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .engine.collection import Collection
+
+__all__ = ["KEY_PATTERN", "Document", "DocumentInfo"]
+
+# What NATS KV accepts as a key (and therefore what a document uuid may be).
+KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
+RESERVED = frozenset({"uuid", "objects", "dirty_fields", "is_dirty", "delete"})
+_SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_rev", "_odm_links")
+_IMMUTABLE_SCALARS: frozenset[Any] = frozenset({str, int, float, bool, bytes, type(None), _uuid.UUID})
+
+
+@dataclass(eq=False)
+class DocumentInfo:
+    """What the ODM knows about one ``Document`` class (``Call.__odm__``)."""
+
+    cls: type[Document]
+    options: CollectionOptions
+    registry: Registry
+    abstract: bool
+    fields: frozenset[str]  # every model field, uuid included
+    data_fields: tuple[str, ...]  # every field but uuid: what is stored and tracked
+    indexed: tuple[str, ...]  # Indexed or Unique fields
+    unique: tuple[str, ...]
+    tracked: frozenset[str]  # fields whose values can change in place (containers, models)
+    fast_decode: bool  # model_validate_json can read stored values directly
+    _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
+
+    @property
+    def collection(self) -> str:
+        return self.options.collection
+
+    def adapter(self, name: str) -> TypeAdapter[Any]:
+        """A ``TypeAdapter`` for the declared type of field ``name`` (cached)."""
+        ta = self._adapters.get(name)
+        if ta is None:
+            f = self.cls.model_fields[name]
+            ta = TypeAdapter(Annotated_of(f.annotation, f.metadata))
+            self._adapters[name] = ta
+        return ta
+
+    @cached_property
+    def all_dirty(self) -> frozenset[str]:
+        return frozenset(self.data_fields)
+
+
+def Annotated_of(annotation: Any, metadata: list[Any]) -> Any:
+    meta = [m for m in metadata if not isinstance(m, Indexed)]
+    return typing.Annotated.__class_getitem__((annotation, *meta)) if meta else annotation  # type: ignore[attr-defined]
+
+
+def _walk_types(tp: Any, seen: set[int]) -> Iterator[Any]:
+    """Every type mentioned in ``tp`` (through unions, generics and nested model fields)."""
+    if id(tp) in seen:
+        return
+    seen.add(id(tp))
+    yield tp
+    for arg in typing.get_args(tp):
+        yield from _walk_types(arg, seen)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for f in tp.model_fields.values():
+            yield from _walk_types(f.annotation, seen)
+
+
+def _is_mutable(tp: Any) -> bool:
+    """Can a value of type ``tp`` change without an assignment to the field holding it?"""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _is_mutable(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType, typing.Literal):
+        return origin is not typing.Literal and any(_is_mutable(a) for a in typing.get_args(tp))
+    if origin in (tuple, frozenset):
+        return any(_is_mutable(a) for a in typing.get_args(tp) if a is not Ellipsis)
+    if origin is not None:
+        return True  # list[...], dict[...], set[...] and other generic containers
+    if tp in _IMMUTABLE_SCALARS:
+        return False
+    if isinstance(tp, type):
+        if issubclass(tp, (list, dict, set, BaseModel)):
+            return True
+        if issubclass(tp, (str, int, float, bytes, tuple, frozenset)):
+            return False
+        import datetime
+        import decimal
+        import enum
+        import pathlib
+
+        return not issubclass(
+            tp,
+            (enum.Enum, datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, pathlib.PurePath),
+        )
+    return True  # Any, TypeVars, forward references: assume the worst
+
+
+class DocumentMeta(ModelMetaclass):
+    """Validates the ODM parts of a ``Document`` class and registers it. No I/O."""
+
+    def __new__(
+        mcs,
+        cls_name: str,
+        bases: tuple[type[Any], ...],
+        namespace: dict[str, Any],
+        *,
+        abstract: bool = False,
+        **kwargs: Any,
+    ) -> type:
+        is_root = namespace.get("__module__") == __name__ and cls_name == "Document"
+        if not is_root:
+            own = set(namespace.get("__annotations__", {}))
+            bad = sorted(own & RESERVED) + sorted({"objects"} & set(namespace))
+            if bad:
+                raise DefinitionError(
+                    f"{cls_name}: {', '.join(map(repr, sorted(set(bad))))} is reserved by brainless_odm "
+                    f"(reserved names: {', '.join(sorted(RESERVED))}); rename the field"
+                )
+            if "__slots__" not in namespace:
+                namespace["__slots__"] = ()  # keep instances as lean as the root's
+        own_config = dict(namespace.get("model_config", {}) or {})
+        own_config.update({k: v for k, v in kwargs.items()})
+        cls = super().__new__(mcs, cls_name, bases, namespace, **kwargs)
+        if is_root:
+            return cls
+        doc_cls = typing.cast("type[Document]", cls)
+        config = dict(doc_cls.model_config)
+        if config.get("validate_assignment") is False:
+            raise DefinitionError(f"{cls_name}: documents always validate on assignment")
+        registry = config.get("registry", default_registry)
+        if not isinstance(registry, Registry):
+            raise DefinitionError(
+                f"{cls_name}: model_config['registry'] must be a Registry, got {registry!r}"
+            )
+        options = collection_options(cls_name, config, own_config)
+        indexed: list[str] = []
+        unique: list[str] = []
+        tracked: set[str] = set()
+        for name, finfo in doc_cls.model_fields.items():
+            if name == "uuid":
+                continue
+            markers = [m for m in finfo.metadata if isinstance(m, Indexed)]
+            if markers:
+                if _is_mutable(finfo.annotation):
+                    raise DefinitionError(
+                        f"{cls_name}.{name}: Indexed/Unique need a hashable scalar type, "
+                        f"not {finfo.annotation!r}"
+                    )
+                indexed.append(name)
+                if any(isinstance(m, Unique) for m in markers):
+                    unique.append(name)
+            if _is_mutable(finfo.annotation):
+                tracked.add(name)
+                for tp in _walk_types(finfo.annotation, set()):
+                    if isinstance(tp, type) and issubclass(tp, BaseModel) and not issubclass(tp, Document):
+                        install_hook(tp)
+        data_fields = tuple(n for n in doc_cls.model_fields if n != "uuid")
+        info = DocumentInfo(
+            cls=doc_cls,
+            options=options,
+            registry=registry,
+            abstract=abstract,
+            fields=frozenset(doc_cls.model_fields),
+            data_fields=data_fields,
+            indexed=tuple(indexed),
+            unique=tuple(unique),
+            tracked=frozenset(tracked),
+            fast_decode=config.get("extra") in (None, "ignore"),
+        )
+        doc_cls.__odm__ = info
+        # Each class its own DoesNotExist / MultipleObjectsReturned, so `except Call.DoesNotExist`
+        # does not swallow a Queue lookup failing in the same block.
+        doc_cls.DoesNotExist = type(
+            "DoesNotExist",
+            (exceptions.DoesNotExist,),
+            {"__module__": doc_cls.__module__, "__qualname__": f"{cls_name}.DoesNotExist"},
+        )
+        doc_cls.MultipleObjectsReturned = type(
+            "MultipleObjectsReturned",
+            (exceptions.MultipleObjectsReturned,),
+            {"__module__": doc_cls.__module__, "__qualname__": f"{cls_name}.MultipleObjectsReturned"},
+        )
+        if not abstract:
+            registry.register(doc_cls, options.collection)
+        return cls
+
+
+class Document(BaseModel, metaclass=DocumentMeta):
+    """Base class of stored documents.
+
+    Subclass it with Pydantic fields; mark fields ``Annotated[T, Indexed()]`` or
+    ``Annotated[T, Unique()]`` to index them. ``Call.objects`` is the typed manager.
+    Construction and assignment validate; assignments and in-place changes are tracked per field
+    and written to storage by the next flush.
+    """
+
+    model_config = ConfigDict(validate_assignment=True)
+    __slots__ = _SLOTS
+    __odm__: ClassVar[DocumentInfo]
+    DoesNotExist: ClassVar[type[exceptions.DoesNotExist]] = exceptions.DoesNotExist
+    MultipleObjectsReturned: ClassVar[type[exceptions.MultipleObjectsReturned]] = (
+        exceptions.MultipleObjectsReturned
+    )
+
+    uuid: str | None = Field(default=None, pattern=KEY_PATTERN, max_length=256)
+    """The key: a UUID1 assigned on ``add()`` (unless given). ``None`` before."""
+
+    objects: ClassVar[ObjectsDescriptor] = ObjectsDescriptor()
+    """The typed manager: ``Call.objects`` is a ``Manager[Call]``."""
+
+    if TYPE_CHECKING:
+        _odm_coll: Collection[Any] | None
+        _odm_dirty: set[str]
+        _odm_inflight: frozenset[str]
+        _odm_rev: int
+        _odm_links: dict[str, FieldLink] | None
+
+    def model_post_init(self, context: Any, /) -> None:
+        _init_state(self)
+
+    def __copy__(self) -> Self:
+        new = super().__copy__()
+        _init_state(new)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        new = super().__deepcopy__(memo)
+        _init_state(new)
+        return new
+
+    # -- tracking ----------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        info = type(self).__odm__
+        if name not in info.fields:
+            if name in _SLOTS:
+                object.__setattr__(self, name, value)
+            else:
+                super().__setattr__(name, value)
+            return
+        d = self.__dict__
+        coll = self._odm_coll
+        if name == "uuid":
+            if coll is not None and value != d.get("uuid"):
+                raise DatabaseError(
+                    f"{type(self).__name__}.uuid is the document's key and cannot change once it is "
+                    "stored; add a copy instead"
+                )
+            self.__pydantic_validator__.validate_assignment(self, name, value)
+            return
+        old = d[name]
+        before = coll.snapshot_for_events(self) if coll is not None else None
+        self.__pydantic_validator__.validate_assignment(self, name, value)  # raises: nothing changed
+        d = self.__dict__  # validate_assignment installs a new __dict__
+        new = d[name]
+        try:
+            unchanged = bool(new == old)
+        except Exception:  # values that refuse to compare count as changed
+            unchanged = False
+        if unchanged:
+            d[name] = old  # keep the tracked original; an equal value is no change
+            return
+        if coll is None:
+            self._odm_dirty.add(name)
+            return
+        try:
+            coll.assigned(self, name, old, new, before)
+        except BaseException:
+            d[name] = old
+            if name in info.tracked:
+                self._odm_track(name)
+            raise
+
+    def _odm_track(self, name: str) -> None:
+        """(Re)link the containers of field ``name`` to this document; cut the old link."""
+        links = self._odm_links
+        if links is None:
+            links = self._odm_links = {}
+        old = links.get(name)
+        if old is not None:
+            old.doc = None
+        link = links[name] = FieldLink(self, name)
+        d = self.__dict__
+        d[name] = wrap(d[name], link)
+
+    def _odm_untrack(self) -> None:
+        if self._odm_links:
+            for link in self._odm_links.values():
+                link.doc = None
+            self._odm_links = None
+
+    def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None) -> None:
+        if revert is not None:
+            ta = type(self).__odm__.adapter(name)
+            value = self.__dict__[name]
+            try:
+                ta.validate_python(ta.dump_python(value, warnings=False), strict=True)
+            except Exception:
+                revert()
+                raise
+        coll = self._odm_coll
+        if coll is None:
+            self._odm_dirty.add(name)
+        else:
+            coll.touched(self, name)
+
+    # -- public state ------------------------------------------------------------------------------
+    @property
+    def dirty_fields(self) -> frozenset[str]:
+        """Fields changed since the last flush (all of them until the document is first stored)."""
+        if self._odm_rev == 0:
+            return type(self).__odm__.all_dirty
+        if not self._odm_inflight:
+            return frozenset(self._odm_dirty)
+        return self._odm_inflight | self._odm_dirty
+
+    @property
+    def is_dirty(self) -> bool:
+        """Whether the document has changes not yet acknowledged by storage."""
+        return self._odm_rev == 0 or bool(self._odm_dirty) or bool(self._odm_inflight)
+
+    async def delete(self) -> bool:
+        """Delete this document from its database (same as ``Call.objects.delete(doc)``)."""
+        coll = self._odm_coll
+        if coll is None:
+            return False
+        return coll.delete(self)
+
+
+def _init_state(doc: Document) -> None:
+    object.__setattr__(doc, "_odm_coll", None)
+    object.__setattr__(doc, "_odm_dirty", set())
+    object.__setattr__(doc, "_odm_inflight", frozenset())
+    object.__setattr__(doc, "_odm_rev", 0)
+    object.__setattr__(doc, "_odm_links", None)

@@ -1,0 +1,502 @@
+"""One collection of one database: the documents in memory, their indexes, and their sync.
+
+Invariants (per key):
+
+* ``doc._odm_rev`` is the revision of the stored version the document's *clean* fields reflect; it
+  is the compare-and-set base of the next write. ``0`` means never stored by anyone we know of.
+* ``doc._odm_dirty`` are fields changed here and not yet handed to a write; ``doc._odm_inflight``
+  the ones in the write under way. Both are protected: nothing arriving from elsewhere overwrites
+  them. Everything else follows the newest stored version seen.
+* An entry from the watch is applied only if its revision is newer than ``_odm_rev``: the echo of
+  our own write (or anything older) can never roll local state back.
+* A delete wins over concurrent edits: a remote delete drops local pending edits, and a local delete
+  is written unconditionally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .. import codec
+from ..document import Document
+from ..exceptions import (
+    ConnectionLost,
+    DatabaseError,
+    StoreError,
+    UniqueViolation,
+)
+from ..store.base import Bucket, Conflict, Entry, Operation, WriteOp
+from .events import Listeners
+from .indexes import FieldIndex
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+__all__ = ["Collection", "FlushOutcome"]
+
+log = logging.getLogger("brainless_odm.engine")
+
+D = TypeVar("D", bound=Document)
+
+_slot_coll = Document.__dict__["_odm_coll"].__set__
+_slot_rev = Document.__dict__["_odm_rev"].__set__
+_slot_dirty = Document.__dict__["_odm_dirty"].__set__
+_slot_inflight = Document.__dict__["_odm_inflight"].__set__
+_NONE: frozenset[str] = frozenset()
+
+
+class FlushOutcome:
+    """What one write round of one collection came to."""
+
+    __slots__ = ("failures", "retry", "transient", "written")
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.retry: set[str] = set()
+        self.transient = False
+        self.failures: list[tuple[str, str, BaseException]] = []
+
+
+class Collection(Generic[D]):
+    """The in-memory state and sync machinery of one ``Document`` class in one ``Database``."""
+
+    def __init__(self, db: Database, cls: type[D], listeners: Listeners) -> None:
+        self.db = db
+        self.cls = cls
+        self.info = cls.__odm__
+        self.name = self.info.collection
+        self.bucket: Bucket | None = None
+        self.docs: dict[str, D] = {}
+        self.indexes: dict[str, FieldIndex] = {
+            f: FieldIndex(f, unique=f in self.info.unique) for f in self.info.indexed
+        }
+        self.class_listeners = listeners  # registered on Call.objects: every database
+        self.listeners = Listeners()  # registered on Call.objects.using(db): this one
+        self.pending: dict[str, None] = {}  # keys with changes to write, in change order
+        self.deletes: dict[str, None] = {}  # keys deleted here, delete not yet acknowledged
+        self.base: dict[str, int] = {}  # CAS base for re-creating a key that has a delete marker
+        self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
+        self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
+        self.unknown: dict[str, tuple[str, bytes]] = {}  # key -> (write id, value) of unknown outcome
+        self.applied = 0  # the last revision applied from the bucket
+        self.watch_task: asyncio.Task[None] | None = None
+        self._write_ids = itertools.count(1)
+
+    # -- events ------------------------------------------------------------------------------------
+    def _wants_change(self, local: bool) -> bool:
+        return self.class_listeners.wants_change(local) or self.listeners.wants_change(local)
+
+    def _fire_change(self, old: D | None, new: D, local: bool) -> None:
+        self.class_listeners.fire_change(old, new, local)
+        self.listeners.fire_change(old, new, local)
+
+    def _fire_delete(self, doc: D, local: bool) -> None:
+        self.class_listeners.fire_delete(doc, local)
+        self.listeners.fire_delete(doc, local)
+
+    def _fire_field(self, doc: D, name: str, old: Any, new: Any, local: bool) -> None:
+        self.class_listeners.fire_field(doc, name, old, new, local)
+        self.listeners.fire_field(doc, name, old, new, local)
+
+    def snapshot_for_events(self, doc: D) -> D | None:
+        """A copy of ``doc`` before a local change, if a local on_change callback will want it."""
+        return doc.model_copy(deep=True) if self._wants_change(True) else None
+
+    # -- local changes -----------------------------------------------------------------------------
+    def _check_unique(self, key: str | None, values: dict[str, Any]) -> None:
+        for name in self.info.unique:
+            value = values.get(name)
+            if value is None:
+                continue
+            holders = self.indexes[name].holders(value)
+            if holders and (key is None or len(holders) > 1 or key not in holders):
+                holder = next(iter(holders))
+                raise UniqueViolation(self.name, name, value, None if holder == key else holder)
+
+    def _attach(self, doc: D, key: str, rev: int) -> None:
+        _slot_coll(doc, self)
+        _slot_rev(doc, rev)
+        for name in self.info.tracked:
+            doc._odm_track(name)
+        self.docs[key] = doc
+        d = doc.__dict__
+        for name, idx in self.indexes.items():
+            idx.add(key, d[name])
+
+    def _detach(self, key: str, doc: D) -> None:
+        del self.docs[key]
+        d = doc.__dict__
+        for name, idx in self.indexes.items():
+            idx.remove(key, d[name])
+        _slot_coll(doc, None)
+        doc._odm_untrack()
+
+    def add(self, doc: D) -> D:
+        if doc._odm_coll is not None:
+            if doc._odm_coll is self:
+                return doc
+            raise DatabaseError(
+                f"this {self.cls.__name__} is already stored in another database; add a copy: "
+                "doc.model_copy(update={'uuid': None})"
+            )
+        key = doc.uuid
+        if key is None:
+            key = self.db.new_uuid()
+        elif key in self.docs:
+            raise UniqueViolation(self.name, "uuid", key, key)
+        self._check_unique(None, doc.__dict__)
+        doc.__dict__["uuid"] = key
+        _slot_dirty(doc, set())
+        _slot_inflight(doc, _NONE)
+        if key in self.deletes:
+            # Re-added before its delete was written: the write becomes an overwrite.
+            del self.deletes[key]
+        self._attach(doc, key, 0)
+        self._changed(key)
+        if self._wants_change(True):
+            self._fire_change(None, doc, True)
+        return doc
+
+    def delete(self, doc_or_key: Document | str) -> bool:
+        key = doc_or_key if isinstance(doc_or_key, str) else doc_or_key.uuid
+        if key is None:
+            return False
+        doc = self.docs.get(key)
+        if doc is None or (isinstance(doc_or_key, Document) and doc is not doc_or_key):
+            return False
+        self._detach(key, doc)
+        self.pending.pop(key, None)
+        self.failed.pop(key, None)
+        if doc._odm_rev or doc._odm_inflight or key in self.base:
+            self.deletes[key] = None
+            self.db.schedule_flush()
+        self._fire_delete(doc, True)
+        return True
+
+    def assigned(self, doc: D, name: str, old: Any, new: Any, before: D | None) -> None:
+        """``doc.name`` went from ``old`` to ``new`` (validated). Raises before changing anything."""
+        key = doc.uuid
+        assert key is not None
+        idx = self.indexes.get(name)
+        if idx is not None:
+            if idx.unique:
+                self._check_unique(key, {name: new})
+            idx.remove(key, old)
+            idx.add(key, new)
+        if name in self.info.tracked:
+            doc._odm_track(name)
+        doc._odm_dirty.add(name)
+        self._changed(key)
+        self._fire_field(doc, name, old, new, True)
+        if before is not None:
+            self._fire_change(before, doc, True)
+
+    def touched(self, doc: D, name: str) -> None:
+        """A container or nested model inside ``doc.name`` changed in place."""
+        key = doc.uuid
+        assert key is not None
+        doc._odm_dirty.add(name)
+        self._changed(key)
+        value = doc.__dict__[name]
+        self._fire_field(doc, name, None, value, True)
+        if self._wants_change(True):
+            self._fire_change(None, doc, True)
+
+    def _changed(self, key: str) -> None:
+        self.pending[key] = None
+        if self.failed:
+            self.failed.pop(key, None)
+        self.db.schedule_flush()
+
+    # -- load and watch ----------------------------------------------------------------------------
+    async def load(self, bucket: Bucket) -> int:
+        """Read the whole bucket into memory; the number of documents loaded."""
+        self.bucket = bucket
+        snap = await bucket.load()
+        cls = self.cls
+        validate = cls.model_validate_json
+        fast = self.info.fast_decode
+        tracked = self.info.tracked
+        docs = self.docs
+        poison: list[tuple[Entry, Exception]] = []
+        for entry in snap.entries:
+            try:
+                doc = validate(entry.value) if fast else codec.decode(cls, entry.key, entry.value)
+            except Exception as exc:
+                poison.append((entry, exc))
+                continue
+            doc.__dict__["uuid"] = entry.key
+            _slot_coll(doc, self)
+            _slot_rev(doc, entry.revision)
+            for name in tracked:
+                doc._odm_track(name)
+            docs[entry.key] = doc
+        for name, idx in self.indexes.items():
+            idx.bulk_load((k, d.__dict__[name]) for k, d in docs.items())
+        self.applied = snap.revision
+        for bad, error in poison:
+            await self.db.dead_letter(self, bad, error)
+        return len(docs)
+
+    def start_watch(self) -> None:
+        self.watch_task = asyncio.get_running_loop().create_task(
+            self._watch(), name=f"brainless_odm watch {self.name}"
+        )
+
+    async def _watch(self) -> None:
+        assert self.bucket is not None
+        delay = 0.05
+        while True:
+            try:
+                async for entry in self.bucket.watch(self.applied):
+                    delay = 0.05
+                    try:
+                        self.apply(entry)
+                    except Exception:
+                        log.exception(
+                            "%s: applying revision %d of %s failed", self.name, entry.revision, entry.key
+                        )
+                log.warning("%s: the watch ended (bucket deleted?); restarting it", self.name)
+            except StoreError as exc:
+                log.warning(
+                    "%s: watch interrupted (%s); resuming after revision %d", self.name, exc, self.applied
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def apply(self, entry: Entry) -> None:
+        """Apply one entry from the bucket made by anyone (ourselves included)."""
+        if entry.revision <= self.applied:
+            return
+        self.applied = entry.revision
+        key = entry.key
+        tomb = self.tombstones.get(key)
+        if tomb is not None:
+            if entry.revision < tomb:
+                return  # older than our own delete
+            del self.tombstones[key]
+            if entry.revision == tomb:
+                return  # the echo of our delete
+        if key in self.deletes:
+            return  # our own delete is on its way and wins
+        doc = self.docs.get(key)
+        if entry.operation is not Operation.PUT:
+            if doc is not None and entry.revision > doc._odm_rev:
+                self._remote_delete(key, doc)
+            return
+        if doc is not None and entry.revision <= doc._odm_rev:
+            return  # our own echo, or older than what we have
+        try:
+            remote = codec.decode(self.cls, key, entry.value)
+        except Exception as exc:
+            task = asyncio.ensure_future(self.db.dead_letter(self, entry, exc))
+            self.db.background(task)
+            return
+        if doc is None:
+            self.base.pop(key, None)
+            self._attach(remote, key, entry.revision)
+            if self._wants_change(False):
+                self._fire_change(None, remote, False)
+            return
+        self._merge(doc, remote, entry.revision)
+
+    def _remote_delete(self, key: str, doc: D) -> None:
+        self._detach(key, doc)
+        self.pending.pop(key, None)
+        self.failed.pop(key, None)
+        self.unknown.pop(key, None)
+        self._fire_delete(doc, False)
+
+    def _merge(self, doc: D, remote: D, revision: int) -> None:
+        """Take ``remote``'s values for every field not changed here; rebase on ``revision``."""
+        protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
+        key = doc.uuid
+        assert key is not None
+        before = doc.model_copy(deep=True) if self._wants_change(False) else None
+        d = doc.__dict__
+        rd = remote.__dict__
+        changes: list[tuple[str, Any, Any]] = []
+        for name in self.info.data_fields:
+            if name in protected:
+                continue
+            old = d[name]
+            new = rd[name]
+            try:
+                same = bool(old == new)
+            except Exception:
+                same = False
+            if same:
+                continue
+            d[name] = new
+            idx = self.indexes.get(name)
+            if idx is not None:
+                idx.remove(key, old)
+                idx.add(key, new)
+            if name in self.info.tracked:
+                doc._odm_track(name)
+            changes.append((name, old, new))
+        _slot_rev(doc, revision)
+        for name, old, new in changes:
+            self._fire_field(doc, name, old, new, False)
+        if changes and before is not None:
+            self._fire_change(before, doc, False)
+
+    # -- flush -------------------------------------------------------------------------------------
+    def dirty_keys(self) -> set[str]:
+        return set(self.pending) | set(self.deletes)
+
+    def _write_id(self) -> str:
+        return f"{self.db.node_id}.{self.name}.{next(self._write_ids)}"
+
+    async def write(self, keys: Iterable[str]) -> FlushOutcome:
+        """One write round for ``keys``: every one written, to retry, or failed."""
+        out = FlushOutcome()
+        bucket = self.bucket
+        assert bucket is not None
+        location = self.db.location
+        ops: list[WriteOp] = []
+        docs: list[D | None] = []
+        fields: list[frozenset[str]] = []
+        all_fields = self.info.all_dirty
+        for key in keys:
+            if key in self.deletes:
+                ops.append(WriteOp(key, None, None, self._write_id()))
+                docs.append(None)
+                fields.append(_NONE)
+                continue
+            if key not in self.pending:
+                continue  # written meanwhile by another round
+            del self.pending[key]
+            doc = self.docs.get(key)
+            if doc is None:
+                continue
+            changed = frozenset(doc._odm_dirty) if doc._odm_rev else all_fields
+            _slot_dirty(doc, set())
+            _slot_inflight(doc, changed | doc._odm_inflight)
+            prior = self.unknown.get(key)
+            value = None
+            if prior is not None:
+                # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
+                # duplicate window makes the retry a no-op if the first one did land.
+                candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
+                if candidate == prior[1]:
+                    write_id, value = prior[0], candidate
+            if value is None:
+                write_id = self._write_id()
+                value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
+            expected = doc._odm_rev or self.base.get(key, 0)
+            ops.append(WriteOp(key, value, expected, write_id))
+            docs.append(doc)
+            fields.append(changed)
+        if not ops:
+            return out
+        results = await bucket.write(ops)
+        conflicts: list[tuple[WriteOp, D]] = []
+        for op, doc, changed, res in zip(ops, docs, fields, results, strict=True):
+            key = op.key
+            if isinstance(res, int):
+                out.written += 1
+                if doc is None:
+                    self.deletes.pop(key, None)
+                    if res > self.applied:  # else the watch has already passed it
+                        self.tombstones[key] = res
+                    continue
+                self.unknown.pop(key, None)
+                self.base.pop(key, None)
+                if self.docs.get(key) is doc:
+                    if res > doc._odm_rev:
+                        _slot_rev(doc, res)
+                    _slot_inflight(doc, _NONE)
+                else:
+                    # Deleted here while the write was in flight: that delete must follow it.
+                    _slot_inflight(doc, _NONE)
+                    if key in self.deletes:
+                        out.retry.add(key)
+                continue
+            if doc is not None:
+                self._requeue(key, doc, changed)
+            if isinstance(res, Conflict):
+                if doc is not None and self.docs.get(key) is doc:
+                    conflicts.append((op, doc))
+                out.retry.add(key)
+            elif isinstance(res, ConnectionLost):
+                if doc is not None and op.value is not None and op.msg_id is not None:
+                    self.unknown[key] = (op.msg_id, op.value)
+                out.retry.add(key)
+                out.transient = True
+            else:
+                if doc is not None:
+                    self.pending.pop(key, None)
+                    self.failed[key] = res
+                else:
+                    self.deletes.pop(key, None)
+                out.failures.append((self.name, key, res))
+        if conflicts:
+            latest = await asyncio.gather(
+                *(bucket.get(op.key) for op, _ in conflicts), return_exceptions=True
+            )
+            for (op, doc), entry in zip(conflicts, latest, strict=True):
+                if isinstance(entry, BaseException):
+                    out.transient = True
+                    continue
+                self._resolve(op, doc, entry)
+        return out
+
+    def _requeue(self, key: str, doc: D, changed: frozenset[str]) -> None:
+        """A write did not land: its fields are dirty again (unless stored by then)."""
+        if self.docs.get(key) is not doc:
+            _slot_inflight(doc, _NONE)
+            return
+        doc._odm_dirty.update(changed if doc._odm_rev else ())
+        _slot_inflight(doc, _NONE)
+        self.pending[key] = None
+
+    def _resolve(self, op: WriteOp, doc: D, entry: Entry | None) -> None:
+        """After a CAS conflict: rebase ``doc`` on the latest stored version of its key."""
+        key = op.key
+        if entry is None or entry.operation is not Operation.PUT:
+            marker = entry.revision if entry is not None else 0
+            if doc._odm_rev == 0:
+                self.base[key] = marker  # a new document whose key has a delete marker: re-create it
+            else:
+                self._remote_delete(key, doc)  # deleted elsewhere: the delete wins
+            return
+        meta = codec.read_meta(entry.value)
+        ours = {op.msg_id, self.unknown.get(key, ("",))[0]}
+        if meta.get("w") in ours:
+            # Our own write landed after all; its fields are stored. Anything dirty since still is.
+            self.unknown.pop(key, None)
+            _slot_rev(doc, max(doc._odm_rev, entry.revision))
+            return
+        if doc._odm_rev == 0:
+            # The same uuid created elsewhere first: what we add counts as a change of every field.
+            doc._odm_dirty.update(self.info.data_fields)
+        try:
+            remote = codec.decode(self.cls, key, entry.value)
+        except Exception:
+            _slot_rev(doc, entry.revision)  # unreadable there: our version replaces it
+            return
+        # The watch brings this entry too; _merge set _odm_rev, so it will be skipped there.
+        self._merge(doc, remote, entry.revision)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def stop_watch(self) -> None:
+        task = self.watch_task
+        self.watch_task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def detach_all(self) -> None:
+        for doc in self.docs.values():
+            _slot_coll(doc, None)
+            doc._odm_untrack()
+
+    def candidates_all(self) -> Sequence[D]:
+        return list(self.docs.values())

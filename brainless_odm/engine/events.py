@@ -1,0 +1,92 @@
+"""Change/delete/field-change callbacks of one collection."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Listeners"]
+
+log = logging.getLogger("brainless_odm.events")
+
+Callback = Callable[..., Any]
+
+
+@dataclass
+class _Registered:
+    callback: Callback
+    local: bool
+
+
+@dataclass
+class Listeners:
+    """Callbacks registered on a manager; fired by the engine, never allowed to break it."""
+
+    change: list[_Registered] = field(default_factory=list)
+    delete: list[_Registered] = field(default_factory=list)
+    fields: dict[str, list[_Registered]] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def on_change(self, callback: Callback, local: bool) -> None:
+        self.change.append(_Registered(callback, local))
+
+    def on_delete(self, callback: Callback, local: bool) -> None:
+        self.delete.append(_Registered(callback, local))
+
+    def on_field_change(self, name: str, callback: Callback, local: bool) -> None:
+        self.fields.setdefault(name, []).append(_Registered(callback, local))
+
+    def remove(self, callback: Callback) -> bool:
+        """Unregister ``callback`` everywhere; whether it was registered."""
+        found = False
+        for regs in (self.change, self.delete, *self.fields.values()):
+            for r in [r for r in regs if r.callback == callback]:
+                regs.remove(r)
+                found = True
+        return found
+
+    def wants_change(self, local: bool) -> bool:
+        return any(r.local or not local for r in self.change)
+
+    def wants_fields(self, local: bool) -> bool:
+        return any(r.local or not local for regs in self.fields.values() for r in regs)
+
+    def fire_change(self, old: Any, new: Any, local: bool) -> None:
+        for r in self.change:
+            if r.local or not local:
+                self._call(r.callback, old, new)
+
+    def fire_delete(self, doc: Any, local: bool) -> None:
+        for r in self.delete:
+            if r.local or not local:
+                self._call(r.callback, doc)
+
+    def fire_field(self, doc: Any, name: str, old: Any, new: Any, local: bool) -> None:
+        for r in self.fields.get(name, ()):
+            if r.local or not local:
+                self._call(r.callback, doc, name, old, new)
+
+    def _call(self, callback: Callback, *args: Any) -> None:
+        try:
+            result = callback(*args)
+        except Exception:
+            log.exception("event callback %r failed", callback)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event callback failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the async callbacks still running."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,1 @@
+"""The query layer: lookups, ``Q``, ``QuerySet`` and ``Manager``. Pure: it touches no storage."""
