@@ -300,8 +300,8 @@ class _PushConsumer:
             self._on_gap()
 
 
-class NatsWatch:
-    """The async iterator (and async context manager) returned by :meth:`NatsBucket.watch`.
+class _WatchState:
+    """The machinery behind a :class:`NatsWatch` (kept apart so the handle can be collected).
 
     Invariant: ``_last`` is the revision of the last entry queued; every (re)created consumer
     starts at ``_last + 1`` and entries at or below ``_last`` are dropped, so a reset can neither
@@ -325,18 +325,13 @@ class NatsWatch:
         self._held_flow: list[str] = []
         self._reconnects = 0
 
-    def __aiter__(self) -> NatsWatch:
-        return self
+    @property
+    def active(self) -> bool:
+        return self._monitor is not None and not self._closed
 
-    async def __aenter__(self) -> NatsWatch:
-        # Start the consumer now rather than on the first __anext__, so entries written from
-        # here on are read while the bucket still holds them (history=1 drops superseded ones).
+    async def ensure_started(self) -> None:
         if self._monitor is None and not self._closed:
             await self._start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _start(self) -> None:
         self._bucket._watches.add(self)
@@ -433,7 +428,6 @@ class NatsWatch:
         return entry
 
     async def aclose(self) -> None:
-        """Stop watching: unsubscribe and delete the consumer. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -448,6 +442,54 @@ class NatsWatch:
         if c is not None:
             await c.stop()
         self._bucket._watches.discard(self)
+
+
+# Close tasks of watches dropped without aclose(), referenced until done (asyncio keeps only weak refs).
+_FINALIZING: set[asyncio.Task[None]] = set()
+
+
+class NatsWatch:
+    """The async iterator (and async context manager) returned by :meth:`NatsBucket.watch`.
+
+    ``async with bucket.watch(rev) as w: async for entry in w: ...`` starts the consumer on entry
+    and stops it on exit. A watch that is just iterated starts on the first ``__anext__``; leaving
+    the loop with ``break`` (dropping the last reference) or calling :meth:`aclose` stops it.
+    """
+
+    def __init__(self, bucket: NatsBucket, after: int, heartbeat: float) -> None:
+        self._state = _WatchState(bucket, after, heartbeat)
+
+    def __aiter__(self) -> NatsWatch:
+        return self
+
+    async def __anext__(self) -> Entry:
+        return await self._state.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop watching: unsubscribe and delete the server-side consumer. Idempotent."""
+        await self._state.aclose()
+
+    async def __aenter__(self) -> NatsWatch:
+        # Start the consumer now rather than on the first __anext__, so entries written from
+        # here on are read while the bucket still holds them (history=1 drops superseded ones).
+        await self._state.ensure_started()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Like an async generator's finalizer: a watch abandoned by `break` is closed on the loop.
+        state = self._state
+        if not state.active:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop any more: the consumer's inactive_threshold cleans up server-side
+        task = loop.create_task(state.aclose())
+        _FINALIZING.add(task)
+        task.add_done_callback(_FINALIZING.discard)
 
 
 class NatsBucket:
@@ -476,7 +518,7 @@ class NatsBucket:
         self._direct = bool(stream_config.get("allow_direct"))
         mms = int(stream_config.get("max_msg_size", -1) or -1)
         self._max_msg_size = mms if mms > 0 else None
-        self._watches: set[NatsWatch] = set()
+        self._watches: set[_WatchState] = set()
         # Write pipeline: one wildcard inbox subscription; each publish gets reply <inbox>.<n>.
         self._ack_sub: Subscription | None = None
         self._ack_prefix = ""

@@ -333,3 +333,56 @@ async def test_server_restart_mid_writes(tmp_path: Path) -> None:
     finally:
         await nc.close()
         await server.stop()
+
+
+async def test_purge_deletes_drops_old_markers(bucket: NatsBucket) -> None:
+    await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"2")])
+    await bucket.write([WriteOp("a", None)])
+    await bucket.purge_deletes(older_than=3600)  # recent markers are kept
+    marker = await bucket.get("a")
+    assert marker is not None
+    assert marker.operation is Operation.DELETE
+    await bucket.purge_deletes(older_than=0)
+    assert await bucket.get("a") is None
+    assert (await bucket.get("b")) is not None
+    assert isinstance((await bucket.write([WriteOp("a", b"new", expected_revision=0)]))[0], int)
+
+
+async def test_bucket_without_direct_get_still_works(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"{brainless_namespace}-legacy"
+    await nats_client.jetstream().create_key_value(bucket=name, direct=False)  # nats-py's default
+    bucket = await store.open_bucket(name, BucketConfig())
+    assert "allow_direct" in caplog.text  # reported, not changed behind the operator's back
+    rev = _revision((await bucket.write([WriteOp("k", b"v")]))[0])
+    assert await bucket.get("k") == Entry("k", b"v", rev)
+    del_rev = _revision((await bucket.write([WriteOp("k", None)]))[0])
+    assert await bucket.get("k") == Entry("k", b"", del_rev, Operation.DELETE)
+    assert await bucket.get("never") is None
+
+
+def test_server_marker_headers_map_to_operations() -> None:
+    from brainless_odm.store.nats import _entry_kind
+
+    assert _entry_kind(None) == (Operation.PUT, None)
+    assert _entry_kind({"KV-Operation": "DEL"}) == (Operation.DELETE, None)
+    assert _entry_kind({"KV-Operation": "PURGE"}) == (Operation.PURGE, None)
+    assert _entry_kind({"Nats-Marker-Reason": "MaxAge"}) == (Operation.PURGE, "MaxAge")
+    assert _entry_kind({"Nats-Marker-Reason": "Purge"}) == (Operation.PURGE, "Purge")
+    assert _entry_kind({"Nats-Marker-Reason": "Remove"}) == (Operation.DELETE, "Remove")
+
+
+async def test_break_out_of_watch_unsubscribes(bucket: NatsBucket, nats_client: Client) -> None:
+    await bucket.write([WriteOp("a", b"1")])
+    subs_before = len(nats_client._subs)
+    async for _entry in bucket.watch(0):
+        assert len(nats_client._subs) == subs_before + 1
+        break
+    js = nats_client.jetstream()
+    stream = f"KV_{bucket.name}"
+    await _wait_for(lambda: len(nats_client._subs) == subs_before, 3, "the watch subscription to go")
+    deadline = time.monotonic() + 3
+    while (await js.stream_info(stream)).state.consumer_count:
+        assert time.monotonic() < deadline, "consumer not deleted"
+        await asyncio.sleep(0.05)
