@@ -142,6 +142,9 @@ def _lost(what: str, exc: BaseException) -> ConnectionLost:
 
 async def _api(nc: Client, subject: str, payload: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
     """One JetStream API request; transport failures become ``ConnectionLost``, API errors ``_ApiError``."""
+    if not nc.is_connected:
+        # nats-py would buffer the request until a reconnect and we would sit out the timeout.
+        raise ConnectionLost(f"{subject}: not connected to NATS")
     try:
         msg = await nc.request(
             subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout
@@ -664,6 +667,8 @@ class NatsBucket:
             raise InvalidKey(f"{key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = .)")
         subject = self._subject(key)
         if self._direct:
+            if not self._nc.is_connected:
+                raise ConnectionLost(f"get {self._name}/{key}: not connected to NATS")
             try:
                 msg = await self._nc.request(
                     f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", self._timeout
