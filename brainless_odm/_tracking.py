@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from pydantic import BaseModel
@@ -55,8 +56,11 @@ class TrackedList(list[Any]):
     __slots__ = ("_link",)
 
     def __init__(self, link: FieldLink, items: Iterable[Any] = ()) -> None:
-        super().__init__(wrap(v, link) for v in items)
+        super().__init__(items)
         self._link = link
+        for i, v in enumerate(self):
+            if type(v) not in _SCALARS:
+                list.__setitem__(self, i, wrap(v, link))
 
     def _mutate(self, op: Callable[[], Any]) -> Any:
         before = list(self)
@@ -127,8 +131,11 @@ class TrackedDict(dict[Any, Any]):
     __slots__ = ("_link",)
 
     def __init__(self, link: FieldLink, items: Iterable[tuple[Any, Any]] = ()) -> None:
-        super().__init__((k, wrap(v, link)) for k, v in items)
+        super().__init__(items)
         self._link = link
+        for k, v in self.items():
+            if type(v) not in _SCALARS:
+                dict.__setitem__(self, k, wrap(v, link))
 
     def _mutate(self, op: Callable[[], Any]) -> Any:
         before = dict(self)
@@ -260,13 +267,10 @@ class TrackedSet(set[Any]):
 _MODEL_LINKS: dict[int, tuple[weakref.ref[BaseModel], FieldLink]] = {}
 
 
-def _forget(key: int) -> Callable[[weakref.ref[BaseModel]], None]:
-    def drop(ref: weakref.ref[BaseModel]) -> None:
-        row = _MODEL_LINKS.get(key)
-        if row is not None and row[0] is ref:
-            del _MODEL_LINKS[key]
-
-    return drop
+def _forget(key: int, ref: weakref.ref[BaseModel]) -> None:
+    row = _MODEL_LINKS.get(key)
+    if row is not None and row[0] is ref:
+        del _MODEL_LINKS[key]
 
 
 def _link_of(model: BaseModel) -> FieldLink | None:
@@ -276,27 +280,42 @@ def _link_of(model: BaseModel) -> FieldLink | None:
     return row[1]
 
 
+def _is_model_type(t: type[Any]) -> bool:
+    # isinstance(x, BaseModel) goes through Pydantic's metaclass __instancecheck__ (microseconds);
+    # this runs for every value of every tracked field on load, so answer once per type.
+    known = _MODEL_TYPES.get(t)
+    if known is None:
+        known = _MODEL_TYPES[t] = issubclass(t, BaseModel) and not hasattr(t, "__odm__")
+    return known
+
+
+_MODEL_TYPES: dict[type[Any], bool] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def wrap(value: Any, link: FieldLink) -> Any:
     """Return ``value`` made to report its in-place changes to ``link`` (recursively)."""
     t = type(value)
+    if t in _SCALARS:
+        return value
     if t is list or t is TrackedList:
         return TrackedList(link, value)
     if t is dict or t is TrackedDict:
         return TrackedDict(link, value.items())
     if t is set or t is TrackedSet:
         return TrackedSet(link, value)
-    if isinstance(value, BaseModel) and not hasattr(t, "__odm__"):
+    if _is_model_type(t):
         held = _link_of(value)
         if held is not None and held is not link and held.doc is not None:
             # One instance assigned to two fields or documents: each gets its own copy, or a
             # change through one would be reported to the other only.
             value = value.model_copy(deep=True)
         key = id(value)
-        _MODEL_LINKS[key] = (weakref.ref(value, _forget(key)), link)
+        _MODEL_LINKS[key] = (weakref.ref(value, partial(_forget, key)), link)
         d = value.__dict__
         for name, v in d.items():
             tv = type(v)
-            if tv in _CONTAINERS or isinstance(v, BaseModel):
+            if tv in _CONTAINERS or _is_model_type(tv):
                 d[name] = wrap(v, link)
     return value
 
@@ -319,7 +338,7 @@ def install_hook(model_cls: type[BaseModel]) -> None:
         # model's own config says, then keep tracking whatever container was assigned.
         self.__pydantic_validator__.validate_assignment(self, name, value)
         new = self.__dict__[name]
-        if type(new) in _CONTAINERS or isinstance(new, BaseModel):
+        if type(new) in _CONTAINERS or _is_model_type(type(new)):
             self.__dict__[name] = wrap(new, link)
         link.changed(None)
 

@@ -62,7 +62,7 @@ class Manager(Generic[D]):
         model = self.model
         if doc is None:
             new = model(**fields)
-        elif isinstance(doc, model):
+        elif type(doc) is model or isinstance(doc, model):
             new = model(**{**doc.__dict__, **fields}) if fields else doc
         elif isinstance(doc, Mapping):
             new = model.model_validate({**doc, **fields})
