@@ -226,7 +226,8 @@ class QuerySet(Generic[D]):
             values[name] = info.adapter(name).validate_python(value)
         docs = self._run()
         coll = self._manager.collection()
-        for name in info.unique:
+        # Nothing matched: nothing changes, so no value can collide with another document's.
+        for name in info.unique if docs else ():
             if name in values and values[name] is not None:
                 v = values[name]
                 keys = {d.uuid for d in docs}

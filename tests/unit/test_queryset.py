@@ -1,0 +1,387 @@
+"""QuerySet: every lookup, Q, exclude, ordering, slicing, and the terminal operations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+from helpers import DbFactory
+from pydantic import BaseModel, Field, ValidationError
+
+from brainless_odm import (
+    Database,
+    Document,
+    DocumentConfig,
+    Indexed,
+    MultipleObjectsReturned,
+    Q,
+    QueryError,
+    QuerySet,
+    Registry,
+    Unique,
+)
+
+REG = Registry()
+
+
+class Base(Document, abstract=True):
+    model_config = DocumentConfig(registry=REG)
+
+
+class Caller(BaseModel):
+    number: str
+    city: str | None = None
+
+
+class Call(Base):
+    channel_id: Annotated[str, Unique()]
+    queue_id: Annotated[int, Indexed()] = 0
+    state: Annotated[str, Indexed()] = "waiting"
+    priority: int = 0
+    score: float | None = None
+    caller: Caller | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+ROWS: list[dict[str, Any]] = [
+    {"channel_id": "c1", "queue_id": 1, "state": "waiting", "priority": 5, "score": 1.5,
+     "caller": {"number": "100", "city": "Prague"}, "tags": ["vip", "cz"]},
+    {"channel_id": "c2", "queue_id": 1, "state": "talking", "priority": 1, "score": None,
+     "caller": {"number": "200", "city": "Brno"}, "tags": ["cz"]},
+    {"channel_id": "c3", "queue_id": 2, "state": "waiting", "priority": 9, "score": 0.5,
+     "caller": {"number": "300", "city": None}, "tags": []},
+    {"channel_id": "C4", "queue_id": 3, "state": "done", "priority": 5, "score": 2.0,
+     "caller": None, "tags": ["VIP"]},
+    {"channel_id": "c5", "queue_id": 2, "state": "waiting", "priority": 0, "score": None,
+     "caller": {"number": "500", "city": "Prague"}, "tags": ["sk"]},
+]  # fmt: skip
+
+
+@pytest.fixture
+async def db(make_db: DbFactory) -> Database:
+    db = await make_db(Call)
+    for row in ROWS:
+        Call.objects.using(db).add(row)
+    return db
+
+
+async def ids(qs: QuerySet[Call]) -> list[str]:
+    return [d.channel_id for d in await qs]
+
+
+async def idset(qs: QuerySet[Call]) -> set[str]:
+    return {d.channel_id for d in await qs}
+
+
+@pytest.mark.parametrize(
+    ("lookups", "expected"),
+    [
+        ({"state": "waiting"}, {"c1", "c3", "c5"}),
+        ({"state__exact": "done"}, {"C4"}),
+        ({"priority": 5}, {"c1", "C4"}),
+        ({"state__ne": "waiting"}, {"c2", "C4"}),
+        ({"score__ne": 1.5}, {"c2", "c3", "C4", "c5"}),  # None is "not 1.5"
+        ({"priority__lt": 5}, {"c2", "c5"}),
+        ({"priority__lte": 5}, {"c1", "c2", "C4", "c5"}),
+        ({"priority__gt": 5}, {"c3"}),
+        ({"priority__gte": 5}, {"c1", "c3", "C4"}),
+        ({"score__gt": 1}, {"c1", "C4"}),  # None never compares
+        ({"score__lt": 100}, {"c1", "c3", "C4"}),
+        ({"priority__in": [1, 9]}, {"c2", "c3"}),
+        ({"priority__in": (x for x in [0, 5])}, {"c1", "C4", "c5"}),  # any iterable
+        ({"priority__in": []}, set()),
+        ({"priority__nin": [1, 9]}, {"c1", "C4", "c5"}),
+        ({"priority__nin": []}, {"c1", "c2", "c3", "C4", "c5"}),
+        ({"score__nin": [1.5]}, {"c2", "c3", "C4", "c5"}),
+        ({"score__nin": [None]}, {"c1", "c3", "C4"}),
+        ({"score__in": [None, 0.5]}, {"c2", "c3", "c5"}),
+        ({"channel_id__contains": "c"}, {"c1", "c2", "c3", "c5"}),
+        ({"tags__contains": "cz"}, {"c1", "c2"}),
+        ({"tags__contains": "VIP"}, {"C4"}),
+        ({"channel_id__icontains": "C"}, {"c1", "c2", "c3", "C4", "c5"}),
+        ({"tags__icontains": "vip"}, {"c1", "C4"}),
+        ({"channel_id__startswith": "c"}, {"c1", "c2", "c3", "c5"}),
+        ({"channel_id__endswith": "4"}, {"C4"}),
+        ({"score__isnull": True}, {"c2", "c5"}),
+        ({"score__isnull": False}, {"c1", "c3", "C4"}),
+        ({"score": None}, {"c2", "c5"}),
+        ({"caller": None}, {"C4"}),
+        ({"priority__range": (1, 5)}, {"c1", "c2", "C4"}),
+        ({"priority__range": [5, 5]}, {"c1", "C4"}),
+        ({"score__range": (0, 1.5)}, {"c1", "c3"}),
+        ({"caller__city": "Prague"}, {"c1", "c5"}),
+        ({"caller__city__startswith": "Pr"}, {"c1", "c5"}),
+        ({"caller__city__icontains": "RN"}, {"c2"}),
+        ({"caller__city__isnull": True}, {"c3", "C4"}),  # through a None model too
+        ({"caller__city": None}, {"c3", "C4"}),
+        ({"caller__city__ne": "Prague"}, {"c2", "c3", "C4"}),
+        ({"caller__number__gt": "150"}, {"c2", "c3", "c5"}),
+        ({"caller__city__in": ["Brno", "Prague"]}, {"c1", "c2", "c5"}),
+        ({"state": "waiting", "priority__gt": 0}, {"c1", "c3"}),
+    ],
+)
+async def test_lookups(db: Database, lookups: dict[str, Any], expected: set[str]) -> None:
+    assert await idset(Call.objects.using(db).filter(**lookups)) == expected
+
+
+async def test_string_values_are_validated_against_the_field_type(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await idset(objects.filter(priority__gt="5")) == {"c3"}
+    assert await idset(objects.filter(priority="5")) == {"c1", "C4"}
+    assert await idset(objects.filter(priority__in=["1", "9"])) == {"c2", "c3"}
+    assert await idset(objects.filter(priority__range=("1", "5"))) == {"c1", "c2", "C4"}
+
+
+@pytest.mark.parametrize(
+    "lookups",
+    [
+        {"nope": 1},
+        {"caller__nope": 1},
+        {"priority__nope": 1},
+        {"priority__in__in": [1]},
+        {"caller__city__nope": "x"},
+        {"priority__gt": "high"},
+        {"priority": "high"},
+        {"priority__in": ["1", "high"]},
+        {"priority__in": 5},
+        {"state__in": "waiting"},
+        {"priority__range": (1,)},
+        {"priority__range": (1, 2, 3)},
+        {"priority__range": 5},
+        {"priority__range": (None, 5)},
+        {"priority__lt": None},
+        {"priority__contains": 1},
+        {"priority__startswith": "1"},
+        {"tags__startswith": "v"},
+        {"priority__icontains": "1"},
+        {"score__isnull": "yes"},
+        {"tags__contains": 5},
+        {"uuid__nope": 1},
+    ],
+)
+def test_bad_queries_raise_when_built(db: Database, lookups: dict[str, Any]) -> None:
+    with pytest.raises(QueryError):
+        Call.objects.using(db).filter(**lookups)
+    with pytest.raises(QueryError):
+        Call.objects.using(db).exclude(**lookups)
+    q = Q(**lookups)  # a Q is checked where it is used
+    with pytest.raises(QueryError):
+        Call.objects.using(db).filter(q)
+
+
+def test_bad_order_limit_offset_raise_when_built(db: Database) -> None:
+    objects = Call.objects.using(db)
+    for bad in ("nope", "-nope", "caller__nope", "priority__x", "-", ""):
+        with pytest.raises(QueryError):
+            objects.order_by(bad)
+    for n in (-1, "1", 1.5, True):
+        with pytest.raises(QueryError):
+            objects.limit(n)  # type: ignore[arg-type]
+        with pytest.raises(QueryError):
+            objects.offset(n)  # type: ignore[arg-type]
+
+
+def test_q_only_combines_q(db: Database) -> None:
+    with pytest.raises(QueryError):
+        Q("state")  # type: ignore[arg-type]
+    with pytest.raises(QueryError):
+        Call.objects.using(db).filter("state")  # type: ignore[arg-type]
+
+
+async def test_none_never_raises_inside_a_query(db: Database) -> None:
+    objects = Call.objects.using(db)
+    for lookups in (
+        {"score__gt": 0},
+        {"score__range": (0, 5)},
+        {"caller__city__contains": "a"},
+        {"caller__city__endswith": "e"},
+        {"caller__number__lt": "9"},
+    ):
+        found = await objects.filter(**lookups)
+        assert all(d.score is not None or "score" not in next(iter(lookups)) for d in found)
+    assert await objects.order_by("score", "caller__city").count() == 5
+
+
+async def test_q_or_and_not(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await idset(objects.filter(Q(state="done") | Q(priority__gt=5))) == {"C4", "c3"}
+    assert await idset(objects.filter(Q(state="waiting") & Q(priority__gt=0))) == {"c1", "c3"}
+    assert await idset(objects.filter(~Q(state="waiting"))) == {"c2", "C4"}
+    assert await idset(objects.filter(~Q(state="waiting", priority=1))) == {"c1", "c2", "c3", "C4", "c5"}
+    assert await idset(objects.filter(Q(state="waiting") | Q(state="done"), priority=5)) == {"c1", "C4"}
+    assert await idset(objects.filter(~(Q(priority=5) | Q(priority=0)))) == {"c2", "c3"}
+    assert await idset(objects.filter(Q(caller__city="Prague") | Q(caller=None))) == {"c1", "c5", "C4"}
+    # a Q is reusable and not changed by combining
+    q = Q(state="waiting")
+    _ = q | Q(priority=1)
+    assert await idset(objects.filter(q)) == {"c1", "c3", "c5"}
+
+
+async def test_exclude_is_not_all_of_its_lookups(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await idset(objects.exclude(state="waiting")) == {"c2", "C4"}
+    assert await idset(objects.exclude(state="waiting", priority=5)) == {"c2", "c3", "C4", "c5"}
+    assert await idset(objects.filter(queue_id__in=[1, 2]).exclude(priority__gt=4)) == {"c2", "c5"}
+    assert await idset(objects.exclude(score__gt=1)) == {"c2", "c3", "c5"}
+    assert await idset(objects.exclude(Q(state="done") | Q(priority=0))) == {"c1", "c2", "c3"}
+
+
+async def test_order_by_several_keys_desc_and_none_first(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await ids(objects.order_by("priority", "channel_id")) == ["c5", "c2", "C4", "c1", "c3"]
+    assert await ids(objects.order_by("-priority", "channel_id")) == ["c3", "C4", "c1", "c2", "c5"]
+    assert await ids(objects.order_by("-priority", "-channel_id")) == ["c3", "c1", "C4", "c2", "c5"]
+    assert await ids(objects.order_by("score", "channel_id")) == ["c2", "c5", "c3", "c1", "C4"]
+    assert await ids(objects.order_by("-score", "channel_id")) == ["C4", "c1", "c3", "c2", "c5"]
+    assert await ids(objects.order_by("caller__city", "channel_id")) == ["C4", "c3", "c2", "c1", "c5"]
+    assert await ids(objects.order_by("-caller__city", "-channel_id")) == ["c5", "c1", "c2", "c3", "C4"]
+    # the last order_by wins
+    assert await ids(objects.order_by("priority").order_by("channel_id")) == ["C4", "c1", "c2", "c3", "c5"]
+
+
+async def test_limit_and_offset(db: Database) -> None:
+    qs = Call.objects.using(db).order_by("channel_id")
+    assert await ids(qs.limit(2)) == ["C4", "c1"]
+    assert await ids(qs.offset(1).limit(2)) == ["c1", "c2"]
+    assert await ids(qs.limit(2).offset(1)) == ["c1", "c2"]  # offset first, whatever the order
+    assert await ids(qs.offset(4)) == ["c5"]
+    assert await ids(qs.offset(9)) == []
+    assert await ids(qs.limit(0)) == []
+    assert await ids(qs.limit(2).offset(1).filter(state="waiting")) == ["c3", "c5"]
+    assert await qs.limit(2).count() == 2
+    assert await qs.offset(3).count() == 2
+    assert not await qs.limit(0).exists()
+    assert not await qs.offset(5).exists()
+    assert (await qs.offset(2).first()).channel_id == "c2"  # type: ignore[union-attr]
+    assert await qs.limit(0).first() is None
+
+
+async def test_queryset_is_immutable(db: Database) -> None:
+    base = Call.objects.using(db).filter(state="waiting")
+    narrowed = base.filter(priority__gt=4)
+    _ = base.order_by("-priority").limit(1).offset(1)
+    _ = base.exclude(priority=0)
+    assert await base.count() == 3
+    assert await narrowed.count() == 2
+
+
+async def test_count_exists_first(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await objects.filter(state="waiting").count() == 3
+    assert await objects.count() == 5
+    assert await objects.count(state="done") == 1
+    assert await objects.filter(state="waiting").exists()
+    assert not await objects.filter(state="gone").exists()
+    assert await objects.exists(state="done")
+    assert (await objects.order_by("-priority").first()).channel_id == "c3"  # type: ignore[union-attr]
+    assert await objects.filter(state="gone").first() is None
+    assert (await objects.find(channel_id="c2")).priority == 1  # type: ignore[union-attr]
+    assert await objects.find(channel_id="zz") is None
+
+
+async def test_get(db: Database) -> None:
+    objects = Call.objects.using(db)
+    one = await objects.get(channel_id="c3")
+    assert one.priority == 9
+    assert await objects.get(one.uuid or "") is one
+    assert await objects.filter(state="waiting").get(priority=9) is one
+    assert await objects.get(Q(priority=9) | Q(priority=99)) is one
+    with pytest.raises(Call.DoesNotExist):
+        await objects.get(channel_id="nope")
+    with pytest.raises(Call.DoesNotExist):
+        await objects.get("no-such-uuid")
+    with pytest.raises(Call.MultipleObjectsReturned):
+        await objects.get(state="waiting")
+    with pytest.raises(MultipleObjectsReturned):
+        await objects.filter(state="waiting").get()
+    with pytest.raises(QueryError):
+        await objects.get("uuid", state="waiting")
+
+
+async def test_update_assigns_and_marks_dirty(db: Database) -> None:
+    objects = Call.objects.using(db)
+    await db.flush()
+    assert await objects.filter(state="waiting").update(state="done", priority="7") == 3
+    assert await idset(objects.filter(state="done", priority=7)) == {"c1", "c3", "c5"}
+    for doc in await objects.filter(state="done", priority=7):
+        assert doc.dirty_fields == {"state", "priority"}
+    c2 = await objects.get(channel_id="c2")
+    assert not c2.is_dirty
+    assert await objects.filter(state="nothing").update(priority=1) == 0
+    # equal values are not changes
+    await db.flush()
+    assert await objects.filter(channel_id="c2").update(priority=1) == 1
+    assert not c2.is_dirty
+
+
+async def test_update_is_validated_before_any_change(db: Database) -> None:
+    objects = Call.objects.using(db)
+    await db.flush()
+    before = {d.channel_id: d.model_dump() for d in await objects.all()}
+    with pytest.raises(ValidationError):
+        await objects.filter(state="waiting").update(state="ok", priority="high")
+    with pytest.raises(QueryError):
+        await objects.filter(state="waiting").update(state="ok", nope=1)
+    with pytest.raises(QueryError):
+        await objects.filter(state="waiting").update(uuid="x")
+    after = {d.channel_id: d.model_dump() for d in await objects.all()}
+    assert after == before
+    assert not any(d.is_dirty for d in await objects.all())
+
+
+async def test_update_of_nested_model_and_list(db: Database) -> None:
+    objects = Call.objects.using(db)
+    await db.flush()
+    assert await objects.filter(caller__city="Prague").update(caller={"number": "1", "city": "Kolin"}) == 2
+    assert await idset(objects.filter(caller__city="Kolin")) == {"c1", "c5"}
+    assert await objects.filter(channel_id="c3").update(tags=["new"]) == 1
+    c3 = await objects.get(channel_id="c3")
+    await db.flush()
+    c3.tags.append("more")  # the assigned list is tracked
+    assert c3.dirty_fields == {"tags"}
+
+
+async def test_update_matching_nothing_changes_nothing_and_raises_nothing(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await objects.filter(state="nothing").update(channel_id="c1") == 0
+    assert len(await objects.filter(channel_id="c1")) == 1
+
+
+async def test_update_with_one_nested_model_gives_each_document_its_own(db: Database) -> None:
+    objects = Call.objects.using(db)
+    await db.flush()
+    assert await objects.filter(queue_id=1).update(caller=Caller(number="1")) == 2
+    c1, c2 = await objects.filter(queue_id=1).order_by("channel_id")
+    await db.flush()
+    assert c1.caller is not None
+    assert c2.caller is not None
+    c1.caller.city = "Kolin"
+    assert c1.dirty_fields == {"caller"}
+    assert not c2.is_dirty
+    assert c2.caller.city is None
+
+
+async def test_delete(db: Database) -> None:
+    objects = Call.objects.using(db)
+    assert await objects.filter(state="waiting").delete() == 3
+    assert await idset(objects.filter()) == {"c2", "C4"}
+    assert await objects.filter(state="waiting").delete() == 0
+    assert len(objects) == 2
+
+
+async def test_async_for(db: Database) -> None:
+    seen = [d.channel_id async for d in Call.objects.using(db).filter(queue_id=1).order_by("-channel_id")]
+    assert seen == ["c2", "c1"]
+
+
+def test_a_queryset_is_not_a_sync_iterable(db: Database) -> None:
+    with pytest.raises(TypeError, match="async for"):
+        list(Call.objects.using(db).filter())
+
+
+async def test_query_sees_changes_made_after_it_was_built(db: Database) -> None:
+    objects = Call.objects.using(db)
+    qs = objects.filter(state="waiting")
+    objects.add(channel_id="c6")
+    (await objects.get(channel_id="c1")).state = "done"
+    assert await idset(qs) == {"c3", "c5", "c6"}
