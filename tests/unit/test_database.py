@@ -1,0 +1,281 @@
+"""Database lifecycle, default binding, module-level convenience, dead letters, oversize documents."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from helpers import DbFactory, wait_for
+from pydantic import ValidationError
+
+import brainless_odm
+from brainless_odm import (
+    Database,
+    DatabaseError,
+    Document,
+    DocumentConfig,
+    FlushError,
+    MemoryStore,
+    NotBoundError,
+    PayloadTooLarge,
+    Registry,
+)
+from brainless_odm.store.base import BucketConfig
+
+REG = Registry()
+
+
+class Base(Document, abstract=True):
+    model_config = DocumentConfig(registry=REG)
+
+
+class Note(Base):
+    text: str = ""
+    n: int = 0
+
+
+class Other(Base):
+    x: int = 0
+
+
+class Unbound(Base):
+    y: int = 0
+
+
+# -- lifecycle -------------------------------------------------------------------------------------
+async def test_start_flush_stop() -> None:
+    store = MemoryStore()
+    db = Database(store, namespace="life", documents=[Note])
+    assert not db.started
+    assert await db.start() is db
+    assert db.started
+    objects = Note.objects.using(db)
+    a = objects.add(text="a")
+    objects.add(text="b")
+    assert await db.flush() == 2
+    assert await db.flush() == 0
+    a.n = 1
+    await db.stop()  # flushes
+    assert not db.started
+    assert store.bucket("life-note") is not None
+    async with Database(store, namespace="life", documents=[Note]) as again:
+        loaded = Note.objects.using(again)
+        assert len(loaded) == 2
+        assert loaded[a.uuid or ""].n == 1
+        assert not loaded[a.uuid or ""].is_dirty
+
+
+async def test_async_with_starts_and_stops() -> None:
+    async with Database(None, documents=[Note]) as db:
+        assert db.started
+        Note.objects.using(db).add(text="x")
+    assert not db.started
+    with pytest.raises(DatabaseError):
+        Note.objects.using(db).add(text="y")
+    with pytest.raises(DatabaseError):
+        await db.flush()
+
+
+async def test_start_twice_is_a_database_error(make_db: DbFactory) -> None:
+    db = await make_db(Note)
+    with pytest.raises(DatabaseError, match="already"):
+        await db.start()
+    await db.stop()
+    await db.stop()  # idempotent
+    with pytest.raises(DatabaseError):
+        await db.start()
+
+
+async def test_flush_before_start_is_a_database_error() -> None:
+    db = Database(None, documents=[Note])
+    with pytest.raises(DatabaseError):
+        await db.flush()
+    with pytest.raises(DatabaseError):
+        Note.objects.using(db).add(text="x")
+    await db.stop()
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        Database(None, namespace="a.b")
+    with pytest.raises(ValueError, match="location"):
+        Database(None, location="")
+    with pytest.raises(ValueError, match="flush_interval"):
+        Database(None, flush_interval=-1)
+
+
+async def test_documents_must_be_concrete_document_classes() -> None:
+    for bad in ([Base], [int], [Document]):
+        db = Database(None, documents=bad)  # type: ignore[arg-type]
+        with pytest.raises(DatabaseError):
+            await db.start()
+        assert not db.started
+
+
+async def test_a_class_not_served_by_the_database(make_db: DbFactory) -> None:
+    db = await make_db(Note)
+    with pytest.raises(DatabaseError, match="not one of"):
+        Other.objects.using(db).add(x=1)
+
+
+async def test_documents_can_be_a_registry() -> None:
+    async with Database(None, documents=REG) as db:
+        assert set(db.documents) == {Note, Other, Unbound}
+
+
+# -- binding ---------------------------------------------------------------------------------------
+async def test_not_bound_error_says_what_to_do() -> None:
+    with pytest.raises(NotBoundError) as err:
+        Unbound.objects.add(y=1)
+    msg = str(err.value)
+    assert "Unbound" in msg
+    assert "start" in msg
+    assert "using" in msg
+    with pytest.raises(NotBoundError):
+        await Unbound.objects.filter(y=1)
+    with pytest.raises(NotBoundError):
+        len(Unbound.objects)
+
+
+async def test_default_binding_is_the_first_started_not_stopped_database(make_db: DbFactory) -> None:
+    first = await make_db(Other)
+    second = await make_db(Other)
+    assert Other.objects.database is first
+    doc = Other.objects.add(x=1)
+    assert doc in Other.objects.using(first)
+    assert doc not in Other.objects.using(second)
+    assert Other.objects.using(second).database is second
+    await first.stop()
+    assert Other.objects.database is second
+    await second.stop()
+    with pytest.raises(NotBoundError):
+        _ = Other.objects.database
+
+
+async def test_a_database_not_yet_started_is_not_bound(make_db: DbFactory) -> None:
+    later = await make_db(Other, start=False)
+    with pytest.raises(NotBoundError):
+        Other.objects.add(x=1)
+    await later.start()
+    assert Other.objects.database is later
+
+
+async def test_module_level_setup_flush_stop() -> None:
+    db = await brainless_odm.setup(None, namespace="mod", location="here", documents=[Other])
+    try:
+        assert brainless_odm.get_database() is db
+        assert db.location == "here"
+        with pytest.raises(DatabaseError):
+            await brainless_odm.setup(None, documents=[Other])
+        doc = Other.objects.add(x=5)
+        assert await brainless_odm.flush() == 1
+        assert not doc.is_dirty
+        assert Other.objects.database is db
+    finally:
+        await brainless_odm.stop()
+    await brainless_odm.stop()  # twice is fine
+    assert not db.started
+    with pytest.raises(NotBoundError):
+        Other.objects.add(x=1)
+    with pytest.raises(DatabaseError):
+        await brainless_odm.flush()
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+async def test_poison_value_goes_to_dead_letters_and_the_collection_still_loads(
+    make_db: DbFactory,
+) -> None:
+    store = MemoryStore()
+    await store.open_bucket("dl-note", BucketConfig())
+    bucket = store.bucket("dl-note")
+    await bucket.put_raw("good", orjson.dumps({"text": "fine", "n": 1}))
+    await bucket.put_raw("bad", b"not json")
+    await bucket.put_raw("invalid", orjson.dumps({"text": "x", "n": "NaN-ish"}))
+    db = await make_db(Note, store=store, namespace="dl")
+    objects = Note.objects.using(db)
+    assert objects["good"].text == "fine"
+    assert "bad" not in objects
+    assert "invalid" not in objects
+    letters = await db.dead_letters()
+    assert [(d.collection, d.key) for d in letters] == [("note", "bad"), ("note", "invalid")]
+    bad = letters[0]
+    assert bad.value == b"not json"
+    assert bad.error
+    assert letters[1].value == orjson.dumps({"text": "x", "n": "NaN-ish"})
+    # moved aside: the bucket holds a delete marker now, and the database has seen it
+    entry = await bucket.get("bad")
+    assert entry is not None
+    assert entry.value == b""
+    coll = db.collection(Note)
+    await wait_for(lambda: coll.applied >= entry.revision, what="the watch to pass the marker")
+
+    with pytest.raises(ValidationError):
+        await db.requeue_dead_letter(letters[1])
+    assert "invalid" not in objects
+    doc = await db.requeue_dead_letter(bad, orjson.dumps({"text": "fixed", "n": 2}))
+    assert isinstance(doc, Note)
+    assert objects["bad"] is doc
+    assert doc.text == "fixed"
+    assert [d.key for d in await db.dead_letters()] == ["invalid"]
+    entry = await bucket.get("bad")
+    assert entry is not None
+    assert Note.model_validate_json(entry.value).text == "fixed"
+
+
+async def test_poison_value_arriving_through_the_watch(make_db: DbFactory) -> None:
+    store = MemoryStore()
+    db = await make_db(Note, store=store, namespace="dlw")
+    await store.bucket("dlw-note").put_raw("late", b"\xff\xfe")
+    await wait_for(db.dead_letters, what="the dead letter")
+    (letter,) = await db.dead_letters()
+    assert (letter.collection, letter.key, letter.value) == ("note", "late", b"\xff\xfe")
+    assert "late" not in Note.objects.using(db)
+
+
+# -- oversize --------------------------------------------------------------------------------------
+async def test_oversize_document_fails_alone_and_stays_dirty(make_db: DbFactory) -> None:
+    db = await make_db(Note, flush_interval=60)
+    objects = Note.objects.using(db)
+    small = [objects.add(text=f"s{i}") for i in range(3)]
+    big = objects.add(text="x" * (1024 * 1024 + 1))
+    with pytest.raises(FlushError) as err:
+        await db.flush()
+    assert big.uuid in str(err.value)
+    ((coll, key, exc),) = err.value.failures
+    assert (coll, key) == ("note", big.uuid)
+    assert isinstance(exc, PayloadTooLarge)
+    assert not any(d.is_dirty for d in small)
+    bucket = db.store.bucket("test-note")  # type: ignore[attr-defined]
+    for d in small:
+        assert await bucket.get(d.uuid) is not None
+    assert big.is_dirty
+    assert await bucket.get(big.uuid) is None
+    # still failing on the next flush; other changes still go through
+    small[0].n = 1
+    with pytest.raises(FlushError):
+        await db.flush()
+    assert not small[0].is_dirty
+    # fixed: written
+    big.text = "small now"
+    assert await db.flush() == 1
+    assert not big.is_dirty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: engine/collection.py:288-290 Collection.apply() takes the dead-letter move's own delete "
+    "marker, still in the watch backlog, as a remote delete of the requeued document (_odm_rev 0): the "
+    "document is dropped from memory and its write, and the dead letter is deleted: the data is lost",
+)
+async def test_requeue_right_after_start_keeps_the_document(make_db: DbFactory) -> None:
+    store = MemoryStore()
+    await store.open_bucket("dlr-note", BucketConfig())
+    await store.bucket("dlr-note").put_raw("bad", b"not json")
+    db = await make_db(Note, store=store, namespace="dlr")
+    (letter,) = await db.dead_letters()
+    doc = await db.requeue_dead_letter(letter, orjson.dumps({"text": "fixed"}))
+    await db.flush()
+    entry = await store.bucket("dlr-note").get("bad")
+    assert entry is not None
+    assert entry.value != b"", "the requeued document was never stored"
+    assert "bad" in Note.objects.using(db)
+    assert Note.objects.using(db)["bad"] is doc
