@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 D = TypeVar("D", bound="Document")
 
-__all__ = ["META_KEY", "decode", "encode", "read_meta"]
+__all__ = ["META_KEY", "decode", "encode", "read_meta", "written_with"]
 
 META_KEY = "_odm"
 _EXCLUDE_UUID = {"uuid"}
@@ -61,3 +61,9 @@ def read_meta(value: bytes) -> dict[str, Any]:
         return {}
     meta = data.get(META_KEY) if isinstance(data, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+def written_with(value: bytes, write_id: str) -> bool:
+    """Whether ``value`` is the one :func:`encode` made with ``write_id`` (no parsing: the
+    bookkeeping is the last key and ``w`` its last member)."""
+    return value.endswith(b'"w":"' + write_id.encode() + b'"}}')

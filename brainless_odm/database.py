@@ -179,6 +179,9 @@ class Database:
                 )
                 self._collections[cls] = coll
                 await coll.load(bucket)
+                poison, coll.poison = coll.poison, []
+                for entry, exc in poison:
+                    await self.dead_letter(coll, entry, exc)
             for coll in self._collections.values():
                 coll.start_watch()
         except BaseException:

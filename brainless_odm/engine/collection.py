@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,7 @@ from ..exceptions import (
     StoreError,
     UniqueViolation,
 )
-from ..store.base import Bucket, Conflict, Entry, Operation, WriteOp
+from ..store.base import Bucket, Conflict, Entry, Operation, Snapshot, WriteOp
 from .events import Listeners
 from .indexes import FieldIndex
 
@@ -86,6 +87,8 @@ class Collection(Generic[D]):
         self.applied = 0  # the last revision applied from the bucket
         self.watch_task: asyncio.Task[None] | None = None
         self._write_ids = itertools.count(1)
+        self.poison: list[tuple[Entry, Exception]] = []  # entries load could not decode
+        self.inflight_ids: dict[str, str] = {}  # key -> write id of the put under way
 
     # -- events ------------------------------------------------------------------------------------
     def _wants_change(self, local: bool) -> bool:
@@ -217,7 +220,18 @@ class Collection(Generic[D]):
     async def load(self, bucket: Bucket) -> int:
         """Read the whole bucket into memory; the number of documents loaded."""
         self.bucket = bucket
-        snap = await bucket.load()
+        # Loading allocates a few objects per document and frees none: the cyclic GC would run
+        # dozens of full passes over everything loaded so far (quadratic-ish on big buckets).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_entries(await bucket.load())
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return len(self.docs)
+
+    def _load_entries(self, snap: Snapshot) -> None:
         cls = self.cls
         validate = cls.model_validate_json
         fast = self.info.fast_decode
@@ -239,9 +253,7 @@ class Collection(Generic[D]):
         for name, idx in self.indexes.items():
             idx.bulk_load((k, d.__dict__[name]) for k, d in docs.items())
         self.applied = snap.revision
-        for bad, error in poison:
-            await self.db.dead_letter(self, bad, error)
-        return len(docs)
+        self.poison = poison
 
     def start_watch(self) -> None:
         self.watch_task = asyncio.get_running_loop().create_task(
@@ -289,8 +301,13 @@ class Collection(Generic[D]):
             if doc is not None and entry.revision > doc._odm_rev:
                 self._remote_delete(key, doc)
             return
-        if doc is not None and entry.revision <= doc._odm_rev:
-            return  # our own echo, or older than what we have
+        if doc is not None:
+            if entry.revision <= doc._odm_rev:
+                return  # older than what we have, or our own write already acknowledged
+            write_id = self.inflight_ids.get(key)
+            if write_id is not None and codec.written_with(entry.value, write_id):
+                _slot_rev(doc, entry.revision)  # the echo of our write in flight: nothing new in it
+                return
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
@@ -390,6 +407,7 @@ class Collection(Generic[D]):
                 write_id = self._write_id()
                 value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
             expected = doc._odm_rev or self.base.get(key, 0)
+            self.inflight_ids[key] = write_id
             ops.append(WriteOp(key, value, expected, write_id))
             docs.append(doc)
             fields.append(changed)
@@ -397,8 +415,11 @@ class Collection(Generic[D]):
             return out
         results = await bucket.write(ops)
         conflicts: list[tuple[WriteOp, D]] = []
+        inflight_ids = self.inflight_ids
         for op, doc, changed, res in zip(ops, docs, fields, results, strict=True):
             key = op.key
+            if doc is not None and inflight_ids.get(key) == op.msg_id:
+                del inflight_ids[key]
             if isinstance(res, int):
                 out.written += 1
                 if doc is None:
