@@ -7,6 +7,7 @@ does not apply to the field's type, or a value that does not validate against it
 
 from __future__ import annotations
 
+import enum
 import operator
 import types
 import typing
@@ -19,7 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..exceptions import QueryError
 
-__all__ = ["LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "resolve", "resolve_path"]
+__all__ = ["LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "orderable", "resolve", "resolve_path"]
 
 LOOKUPS = frozenset(
     {
@@ -78,6 +79,31 @@ def _is_str(tp: Any) -> bool:
     if typing.get_origin(base) in (Union, types.UnionType):
         return any(_is_str(a) for a in typing.get_args(base))
     return isinstance(base, type) and issubclass(base, str)
+
+
+def orderable(tp: Any) -> bool:
+    """Can values of type ``tp`` be compared with ``<``? (Models, dicts, sets and plain enums cannot.)
+
+    Decided from the declared type when a query is built, so that ``order_by("caller")`` or
+    ``state__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
+    empty result) when the query runs.
+    """
+    base, _ = _strip_optional(tp)
+    origin = typing.get_origin(base)
+    if origin is typing.Literal or base is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return all(orderable(a) for a in typing.get_args(base))
+    if origin in (list, tuple):
+        return all(orderable(a) for a in typing.get_args(base) if a is not Ellipsis)
+    if origin is not None:
+        return isinstance(origin, type) and not issubclass(origin, (dict, set, frozenset))
+    if isinstance(base, type):
+        if issubclass(base, (BaseModel, dict, set, frozenset)):
+            return False
+        if issubclass(base, enum.Enum):
+            return issubclass(base, (int, str, float))
+    return True
 
 
 @lru_cache(maxsize=1024)
@@ -239,6 +265,8 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
         v = _validate(tp, value, what) if value is not None else None
         eq: Predicate = lambda doc: get(doc) == v  # noqa: E731
         return Cond(path, op, v, eq if op == "exact" else (lambda doc: not eq(doc)))
+    if (op in COMPARISONS or op == "range") and not orderable(tp):
+        raise QueryError(f"{what}: {path.dotted} is a {_type_name(base)}, which has no order")
     if op in COMPARISONS:
         if value is None:
             raise QueryError(f"{what}: cannot compare with None; use {path.dotted}__isnull")

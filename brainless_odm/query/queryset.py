@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..exceptions import QueryError, UniqueViolation
-from .lookups import And, Cond, Node, Not, Q, resolve, resolve_path
+from .lookups import And, Cond, Node, Not, Q, orderable, resolve, resolve_path
 
 if TYPE_CHECKING:
     from ..document import Document
@@ -84,7 +84,10 @@ class QuerySet(Generic[D]):
                 raise QueryError(f"order_by() takes field names, got {key!r}")
             desc = key.startswith("-")
             name = key[1:] if desc else key
-            path = resolve_path(model, name.split("__"), f"{model.__name__}.order_by({key!r})")
+            what = f"{model.__name__}.order_by({key!r})"
+            path = resolve_path(model, name.split("__"), what)
+            if not orderable(path.annotation):
+                raise QueryError(f"{what}: {name} has no order; order by one of its fields or another field")
             order.append((path.get, desc, name))
         return self._clone(order=tuple(order))
 

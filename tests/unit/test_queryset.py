@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any
 
 import pytest
@@ -179,6 +180,54 @@ def test_bad_order_limit_offset_raise_when_built(db: Database) -> None:
             objects.limit(n)  # type: ignore[arg-type]
         with pytest.raises(QueryError):
             objects.offset(n)  # type: ignore[arg-type]
+
+
+class Color(enum.Enum):
+    red = "red"
+    blue = "blue"
+
+
+class Size(enum.IntEnum):
+    s = 1
+    m = 2
+
+
+class Painted(Base):
+    color: Color = Color.red
+    size: Size = Size.s
+    caller: Caller | None = None
+    meta: dict[str, int] = Field(default_factory=dict)
+
+
+@pytest.mark.parametrize("key", ["caller", "-caller", "color", "meta"])
+async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactory, key: str) -> None:
+    db = await make_db(Painted)
+    objects = Painted.objects.using(db)
+    objects.add(caller=Caller(number="1"), color="blue")
+    objects.add(caller=Caller(number="2"))
+    with pytest.raises(QueryError, match="no order"):
+        objects.order_by(key)  # when built, not a TypeError when run
+
+
+@pytest.mark.parametrize(
+    "lookups", [{"color__gt": "red"}, {"caller__lt": {"number": "1"}}, {"color__range": ("red", "red")}]
+)
+async def test_comparing_a_field_without_order_is_a_query_error(
+    make_db: DbFactory, lookups: dict[str, Any]
+) -> None:
+    db = await make_db(Painted)
+    with pytest.raises(QueryError, match="no order"):
+        Painted.objects.using(db).filter(**lookups)  # not a silently empty result
+
+
+async def test_ordered_enums_and_nested_fields_can_be_ordered(make_db: DbFactory) -> None:
+    db = await make_db(Painted)
+    objects = Painted.objects.using(db)
+    objects.add(size=2, caller=Caller(number="1"))
+    objects.add(size=1, caller=Caller(number="2"))
+    assert [p.size for p in await objects.order_by("size")] == [Size.s, Size.m]
+    assert [p.size for p in await objects.filter(size__gt=1)] == [Size.m]
+    assert [p.size for p in await objects.order_by("-caller__number")] == [Size.s, Size.m]
 
 
 def test_q_only_combines_q(db: Database) -> None:
