@@ -520,3 +520,41 @@ def test_copies_are_plain_and_untracked() -> None:
     clone = call.model_copy(deep=True)
     assert clone == call
     assert clone._odm_coll is None
+
+
+async def test_a_change_made_while_a_flush_is_in_flight_stays_dirty(make_db: DbFactory) -> None:
+    import asyncio
+
+    db, call = await _stored(make_db)
+    call.priority = 1
+    flushing = asyncio.ensure_future(db.flush())
+    await asyncio.sleep(0)  # the write is under way
+    call.state = "talking"
+    assert call.dirty_fields == {"priority", "state"}
+    await flushing
+    assert call.dirty_fields == {"state"}
+    assert await db.flush() == 1
+    assert not call.is_dirty
+    entry = await db.store.bucket("test-call").get(call.uuid)  # type: ignore[attr-defined]
+    stored = Call.model_validate_json(entry.value)
+    assert (stored.priority, stored.state) == (1, "talking")
+
+
+async def test_list_of_nested_models_is_tracked(make_db: DbFactory) -> None:
+    class Many(Base):
+        callers: list[Caller] = Field(default_factory=list)
+        groups: dict[str, list[int]] = Field(default_factory=dict)
+
+    db = await make_db(Many)
+    doc = Many.objects.using(db).add(callers=[Caller(number="1")], groups={"g": [1]})
+    await db.flush()
+    doc.callers[0].city = "Brno"
+    assert doc.dirty_fields == {"callers"}
+    await db.flush()
+    doc.groups["g"].append(2)
+    assert doc.dirty_fields == {"groups"}
+    await db.flush()
+    with pytest.raises(ValidationError):
+        doc.groups["g"].append("x")  # type: ignore[arg-type]
+    assert doc.groups == {"g": [1, 2]}
+    assert not doc.is_dirty
