@@ -323,7 +323,7 @@ async def test_on_field_change_of_an_unknown_field_is_refused(nodes: Nodes) -> N
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: engine/collection.py:206-208 Collection.touched() fires local events for an in-place "
+    reason="BUG: engine/collection.py Collection.touched() (~l.209) fires local events for an in-place "
     "change with old=None: on_change(None, doc) is what an add looks like, and on_field_change gets "
     "old_value=None and the live container as new_value",
 )
