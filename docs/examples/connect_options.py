@@ -45,7 +45,9 @@ async def main() -> None:
     # --8<-- [start:connect]
     nc = await nats.connect(**connect_options())  # type: ignore[arg-type]
     try:
-        async with Database(nc, namespace="billing", location=os.environ.get("LOCATION", "prague-1"), documents=[Setting]) as db:
+        async with Database(
+            nc, namespace="billing", location=os.environ.get("LOCATION", "prague-1"), documents=[Setting]
+        ) as db:
             print("connected to", nc.connected_url.netloc if nc.connected_url else "?", "as", db)
     finally:
         await nc.close()

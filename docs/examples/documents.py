@@ -95,8 +95,8 @@ async def main() -> None:
 
         try:
             carol.login = "bob"  # enforced on assignment too
-        except UniqueViolation:
-            pass
+        except UniqueViolation as exc:
+            print(f"still {carol.login}: {exc.value!r} is held by {exc.holder}")
         assert carol.login == "carol"
         # --8<-- [end:unique]
 

@@ -28,7 +28,9 @@ def channels(calls: list[Call]) -> list[str]:
 
 async def main() -> None:
     async with Database(None, documents=[Call]):
-        Call.objects.add(channel_id="SIP/1", queue_id=1, priority=5, caller=Caller(number="100", city="Prague"))
+        Call.objects.add(
+            channel_id="SIP/1", queue_id=1, priority=5, caller=Caller(number="100", city="Prague")
+        )
         Call.objects.add(channel_id="SIP/2", queue_id=1, state="ringing", tags=["vip"])
         Call.objects.add(channel_id="SIP/3", queue_id=2, priority=9, caller=Caller(number="300", city="Brno"))
         Call.objects.add(channel_id="PJSIP/4", queue_id=3, state="answered", tags=["vip", "callback"])
@@ -89,7 +91,8 @@ async def main() -> None:
         assert await waiting.count() == 2
         assert await waiting.exists()
         top = await waiting.order_by("-priority").first()
-        assert top is not None and top.channel_id == "SIP/3"
+        assert top is not None
+        assert top.channel_id == "SIP/3"
         assert await q.find(channel_id="nope") is None
 
         async for call in waiting.order_by("channel_id"):

@@ -1,4 +1,4 @@
-"""Testing an application with the brainless_odm pytest fixtures (registered when the package is installed)."""
+"""Testing an application with the brainless_odm pytest fixtures (registered on install)."""
 
 import asyncio
 from typing import Annotated
