@@ -207,7 +207,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _with_connection(func: F) -> F:
     """Add the common connection options to a command; it receives them as ``conn: Connection``."""
-    sig = inspect.signature(func)
+    sig = inspect.signature(func, eval_str=True)  # resolve the string annotations (PEP 563)
     params = [p for p in sig.parameters.values() if p.name != "conn"] + _CONNECTION_PARAMS
 
     @functools.wraps(func)
@@ -546,12 +546,12 @@ async def _watch(
             if data is not None:
                 data.pop(META_KEY, None)
                 state[e.key] = data
-        if not json_lines:
-            err.print(
-                f"watching [bold]{bucket.name}[/bold] ({len(state)} documents, "
-                f"from revision {snap.revision});"
-                + (" Ctrl-C stops." if count is None and timeout is None else "")
-            )
+        # On stderr, also with --json: a script reading stdout can wait for this to know the tail began.
+        err.print(
+            f"watching [bold]{bucket.name}[/bold] ({len(state)} documents, "
+            f"from revision {snap.revision});"
+            + (" Ctrl-C stops." if count is None and timeout is None else "")
+        )
         seen = 0
         it = bucket.watch(snap.revision)
         try:
@@ -647,6 +647,7 @@ class _DeadLetter:
     error: str
     value: bytes
     revision: int | None
+    location: str = ""
 
 
 def _parse_dead_letter(entry: Entry) -> _DeadLetter:
@@ -672,6 +673,7 @@ def _parse_dead_letter(entry: Entry) -> _DeadLetter:
         error=str(data.get("error", "")),
         value=value,
         revision=rev if isinstance(rev, int) else None,
+        location=str(data.get("location", "")),
     )
 
 
@@ -732,7 +734,8 @@ async def _dl_show(conn: Connection, collection: str, key: str) -> int:
     async with _store(conn) as store:
         _, letters = await _dead_letters(store, conn)
     dl = _find_dead_letter(letters, collection, key)
-    out.print(f"[bold]{dl.collection}/{dl.key}[/bold] (revision {dl.revision})")
+    where = f", moved aside by {dl.location}" if dl.location else ""
+    out.print(f"[bold]{dl.collection}/{dl.key}[/bold] (revision {dl.revision}{where})")
     out.print(Panel(dl.error or "(no error recorded)", title="error", title_align="left", border_style="red"))
     decoded = _decode(dl.value)
     body = (
@@ -766,9 +769,14 @@ async def _dl_requeue(conn: Connection, collection: str, key: str) -> int:
         dl_bucket, letters = await _dead_letters(store, conn)
         dl = _find_dead_letter(letters, collection, key)
         bucket = await _open_existing(store, conn, collection)
-        [result] = await bucket.write([WriteOp(dl.key, dl.value)])
-        if isinstance(result, BaseException):
-            raise CliError(f"could not write {collection}/{dl.key}: {result}")
+        current = await bucket.get(dl.key)
+        if current is not None and current.operation is Operation.PUT:
+            raise CliError(
+                f"{collection}/{dl.key} exists again (revision {current.revision}); not overwriting it"
+            )
+        # Compare-and-set on what we just read: a document written meanwhile is never overwritten.
+        expected = 0 if current is None else current.revision
+        [result] = await bucket.write([WriteOp(dl.key, dl.value, expected)])
         if not isinstance(result, int):
             raise CliError(f"could not write {collection}/{dl.key}: {result}")
         assert dl_bucket is not None

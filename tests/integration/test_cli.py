@@ -1,0 +1,339 @@
+"""The ``brainless-odm`` command line, against the session's real nats-server.
+
+Commands run as ``python -m brainless_odm.cli`` subprocesses: what a user runs, with real exit
+codes, real stdout/stderr separation and real signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from brainless_odm import ConnectionLost, Database, Document, DocumentConfig, Indexed, Registry
+from brainless_odm.store.base import BucketConfig, Operation, WriteOp
+from brainless_odm.store.nats import NatsKVStore, connect
+from brainless_odm.testing import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "brainless_odm.cli"]
+
+
+class CliTicket(Document):
+    # A registry of its own: other tests' Database(documents=None) must not pick this class up.
+    model_config = DocumentConfig(collection="cli_ticket", registry=Registry())
+
+    title: str
+    state: Annotated[str, Indexed()] = "open"
+    priority: int = 0
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("NATS_URL", None)
+    env["COLUMNS"] = "160"
+    env.update(extra)
+    return env
+
+
+async def cli(*args: str, url: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the CLI without blocking the event loop (the databases in the test keep syncing)."""
+    extra = {"NATS_URL": url} if url else {}
+    return await asyncio.to_thread(
+        subprocess.run, [*CLI, *args], env=_env(**extra), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+async def tickets(nats_client: Client, brainless_namespace: str) -> AsyncIterator[Database]:
+    """A started database holding three tickets, flushed."""
+    db = Database(nats_client, namespace=brainless_namespace, location="test-node", documents=[CliTicket])
+    await db.start()
+    manager = CliTicket.objects.using(db)
+    for i, title in enumerate(("printer", "vpn", "coffee")):
+        manager.add(title=title, priority=i)
+    await db.flush()
+    try:
+        yield db
+    finally:
+        await db.stop()
+
+
+# -- --help for every command -------------------------------------------------------------------
+
+HELP = [
+    [],
+    ["server"],
+    ["demo"],
+    ["ls"],
+    ["dump"],
+    ["get"],
+    ["watch"],
+    ["dead-letters"],
+    ["dead-letters", "list"],
+    ["dead-letters", "show"],
+    ["dead-letters", "requeue"],
+]
+
+
+@pytest.mark.parametrize("args", HELP, ids=[" ".join(a) or "main" for a in HELP])
+def test_help(args: list[str]) -> None:
+    proc = subprocess.run([*CLI, *args, "--help"], env=_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout
+    if (args and args[0] in ("ls", "dump", "get", "watch")) or args[1:]:
+        for option in ("--url", "--namespace", "--user", "--password", "--token", "--creds", "--tls-ca"):
+            assert option in proc.stdout
+
+
+# -- commands against a real server -----------------------------------------------------------
+
+
+async def test_ls(nats_url: str, tickets: Database) -> None:
+    proc = await cli("ls", "--namespace", tickets.namespace, url=nats_url)
+    assert proc.returncode == 0, proc.stderr
+    assert "cli_ticket" in proc.stdout
+    assert f"{tickets.namespace}-cli_ticket" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if "cli_ticket" in line)
+    assert " 3 " in row
+
+
+async def test_ls_empty_namespace(nats_url: str, brainless_namespace: str) -> None:
+    proc = await cli("ls", "-n", brainless_namespace, "--url", nats_url)
+    assert proc.returncode == 0
+    assert "no collections" in proc.stderr
+
+
+async def test_dump(nats_url: str, tickets: Database) -> None:
+    proc = await cli("dump", "cli_ticket", "-n", tickets.namespace, url=nats_url)
+    assert proc.returncode == 0, proc.stderr
+    docs = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(d["title"] for d in docs) == ["coffee", "printer", "vpn"]
+    assert {d["uuid"] for d in docs} == {t.uuid for t in CliTicket.objects.using(tickets)}
+    assert all("_odm" not in d for d in docs)
+    assert "3 document(s)" in proc.stderr
+
+    meta = await cli("dump", "cli_ticket", "-n", tickets.namespace, "--meta", url=nats_url)
+    first = orjson.loads(meta.stdout.splitlines()[0])
+    assert first["_odm"]["loc"] == "test-node"
+    assert isinstance(first["_revision"], int)
+
+
+async def test_dump_unknown_collection(nats_url: str, tickets: Database) -> None:
+    proc = await cli("dump", "nope", "-n", tickets.namespace, url=nats_url)
+    assert proc.returncode == 1
+    assert "no collection 'nope'" in proc.stderr
+    assert "cli_ticket" in proc.stderr  # says what does exist
+    # a read-only command must not have created the bucket
+    assert "nope" not in (await cli("ls", "-n", tickets.namespace, url=nats_url)).stdout
+
+
+async def test_get(nats_url: str, tickets: Database) -> None:
+    ticket = await CliTicket.objects.using(tickets).get(title="vpn")
+    assert ticket.uuid is not None
+    proc = await cli("get", "cli_ticket", ticket.uuid, "-n", tickets.namespace, url=nats_url)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout) == {"uuid": ticket.uuid, "title": "vpn", "state": "open", "priority": 1}
+
+    await ticket.delete()
+    await tickets.flush()
+    gone = await cli("get", "cli_ticket", ticket.uuid, "-n", tickets.namespace, url=nats_url)
+    assert gone.returncode == 1
+    assert "was deleted" in gone.stderr
+
+    missing = await cli("get", "cli_ticket", "no-such-key", "-n", tickets.namespace, url=nats_url)
+    assert missing.returncode == 1
+    assert "no document 'no-such-key'" in missing.stderr
+
+
+async def test_watch(nats_url: str, tickets: Database) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "watch",
+        "cli_ticket",
+        "-n",
+        tickets.namespace,
+        "--json",
+        "--count",
+        "3",
+        "--timeout",
+        "20",
+        env=_env(NATS_URL=nats_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = await asyncio.wait_for(proc.stderr.readline(), 15)
+        assert b"watching" in banner  # loaded: every change from now on is tailed
+
+        manager = CliTicket.objects.using(tickets)
+        printer = await manager.get(title="printer")
+        printer.state = "closed"
+        await tickets.flush()
+        new = manager.add(title="keyboard")
+        await tickets.flush()
+        await printer.delete()
+        await tickets.flush()
+
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # our own child, by PID
+            await proc.wait()
+    assert proc.returncode == 0
+    changes = [orjson.loads(line) for line in out.splitlines()]
+    assert [c["op"] for c in changes] == ["updated", "created", "deleted"]
+    assert changes[0]["key"] == printer.uuid
+    assert changes[0]["location"] == "test-node"
+    assert changes[0]["changed"] == {"state": {"old": "open", "new": "closed"}}
+    assert changes[1]["key"] == new.uuid
+    assert changes[1]["changed"]["title"] == {"old": None, "new": "keyboard"}
+
+
+async def test_watch_timeout_ends_it(nats_url: str, tickets: Database) -> None:
+    started = time.monotonic()
+    proc = await cli("watch", "cli_ticket", "-n", tickets.namespace, "--timeout", "1", url=nats_url)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 10
+
+
+async def test_dead_letters(nats_url: str, nats_client: Client, brainless_namespace: str) -> None:
+    ns = brainless_namespace
+    store = NatsKVStore(nats_client, namespace=ns)
+    bucket = await store.open_bucket(f"{ns}-cli_ticket", BucketConfig())
+    # a value the class rejects (priority is an int), as another program might have written it
+    await bucket.write([WriteOp("bad-1", b'{"title": "x", "priority": "urgent"}')])
+
+    db = Database(nats_client, namespace=ns, location="loader", documents=[CliTicket])
+    await db.start()
+    try:
+        for _ in range(500):
+            if await db.dead_letters():
+                break
+            await asyncio.sleep(0.01)
+        assert [d.key for d in await db.dead_letters()] == ["bad-1"]
+    finally:
+        await db.stop()
+
+    listed = await cli("dead-letters", "list", "-n", ns, url=nats_url)
+    assert listed.returncode == 0, listed.stderr
+    assert "bad-1" in listed.stdout
+    assert "cli_ticket" in listed.stdout
+
+    shown = await cli("dead-letters", "show", "cli_ticket", "bad-1", "-n", ns, url=nats_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "urgent" in shown.stdout
+    assert "priority" in shown.stdout
+    assert "loader" in shown.stdout
+
+    unknown = await cli("dead-letters", "show", "cli_ticket", "nope", "-n", ns, url=nats_url)
+    assert unknown.returncode == 1
+
+    requeued = await cli("dead-letters", "requeue", "cli_ticket", "bad-1", "-n", ns, url=nats_url)
+    assert requeued.returncode == 0, requeued.stderr
+    entry = await bucket.get("bad-1")
+    assert entry is not None
+    assert entry.operation is Operation.PUT
+    assert orjson.loads(entry.value)["priority"] == "urgent"  # the raw value, back for the nodes to judge
+    after = await cli("dead-letters", "list", "-n", ns, url=nats_url)
+    assert "bad-1" not in after.stdout
+    await store.close()
+
+
+async def test_dead_letters_none(nats_url: str, brainless_namespace: str) -> None:
+    proc = await cli("dead-letters", "list", "-n", brainless_namespace, url=nats_url)
+    assert proc.returncode == 0
+    assert "no dead letters" in proc.stderr
+
+
+async def test_server_runs_until_interrupted(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "server",
+        "--port",
+        str(port),
+        "--store-dir",
+        str(tmp_path / "data"),
+        env=_env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        nc = None
+        deadline = time.monotonic() + 15
+        while nc is None:
+            try:
+                nc = await connect(f"nats://127.0.0.1:{port}", timeout=0.5)
+            except ConnectionLost:
+                if time.monotonic() > deadline or proc.returncode is not None:
+                    raise
+                await asyncio.sleep(0.1)
+        # JetStream is on and stores in the given directory
+        store = NatsKVStore(nc, namespace="srv")
+        await store.open_bucket("srv-x", BucketConfig())
+        assert await store.list_buckets() == ["srv-x"]
+        await store.close()
+        await nc.close()
+        assert (tmp_path / "data" / "jetstream").is_dir()
+
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, to our own child by PID
+        code = await asyncio.wait_for(proc.wait(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+    with pytest.raises(ConnectionLost):
+        await connect(f"nats://127.0.0.1:{port}", timeout=0.5)  # the nats-server child is gone too
+
+
+async def test_demo_ends_by_itself() -> None:
+    started = time.monotonic()
+    proc = await cli("demo", "--pause", "0", "--rounds", "4", "--seed", "7", timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert elapsed < 20
+    assert "merged on both nodes: state='answered' (from prague), agent='dana' (from brno)" in proc.stdout
+    assert "the delete won on both nodes" in proc.stdout
+    assert "identical to prague and brno" in proc.stdout
+    assert "both views identical" in proc.stdout
+
+
+# -- a dead server: a clear message within seconds ------------------------------------------------
+
+DEAD = [
+    ["ls"],
+    ["dump", "cli_ticket"],
+    ["get", "cli_ticket", "k"],
+    ["watch", "cli_ticket"],
+    ["dead-letters", "list"],
+    ["dead-letters", "show", "cli_ticket", "k"],
+    ["dead-letters", "requeue", "cli_ticket", "k"],
+]
+
+
+@pytest.mark.parametrize("args", DEAD, ids=[" ".join(a) for a in DEAD])
+def test_unreachable_server_fails_fast(args: list[str]) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, *args, "--url", url], env=_env(), capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1
+    assert "cannot connect to NATS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 5
