@@ -1,0 +1,98 @@
+"""A NATS server restart (same port, same store) in the middle of a stream of writes, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from sync_helpers import Call, DbFactory, dumps, eventually
+
+from brainless_odm.testing import NatsServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("how", ["restart", "outage"])
+async def test_server_restart_mid_writes_loses_nothing_and_watch_resumes(
+    make_db: DbFactory, tmp_path: Path, how: str
+) -> None:
+    """``restart``: the server restarted at once; ``outage``: stopped while 300 more documents
+    are added, then started again. Same port and store both times."""
+    # Our own server: the session one is shared with every other test.
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    try:
+        writer = await make_db(url=server.url, location="writer", flush_interval=0.05)
+        reader = await make_db(url=server.url, location="reader")
+        seen: dict[str, float] = {}
+        Call.objects.using(reader).on_change(
+            lambda old, new: seen.setdefault(new.channel_id, time.monotonic())
+        )
+
+        restarted_at = 0.0
+        restart_done = asyncio.Event()
+        down_since = 0.0
+
+        async def restart() -> None:
+            nonlocal restarted_at, down_since
+            down_since = time.monotonic()
+            await server.restart()
+            restarted_at = time.monotonic()
+            restart_done.set()
+
+        async def stop() -> None:
+            nonlocal down_since
+            down_since = time.monotonic()
+            await server.stop()  # our own store_dir: kept
+
+        async def start() -> None:
+            nonlocal restarted_at
+            await server.start()
+            restarted_at = time.monotonic()
+            restart_done.set()
+
+        restart_task: asyncio.Task[None] | None = None
+        first_after: str | None = None
+        docs = []
+        for i in range(2000):
+            docs.append(Call.objects.using(writer).add(channel_id=f"c-{i}", queue_id=i % 7))
+            if i % 5 == 0:
+                docs[i // 2].priority = i  # updates of earlier documents in the stream too
+            if how == "restart" and i == 600:
+                restart_task = asyncio.create_task(restart())
+            elif how == "outage" and i == 600:
+                restart_task = asyncio.create_task(stop())
+            elif how == "outage" and i == 900:
+                assert restart_task is not None
+                await restart_task
+                restart_task = asyncio.create_task(start())
+            if first_after is None and restart_done.is_set():
+                first_after = f"c-{i}"
+            await asyncio.sleep(0.002)
+        assert restart_task is not None
+        await restart_task
+        assert first_after is not None, "the restart took longer than the stream of writes"
+
+        await asyncio.wait_for(writer.flush(), 30)
+        expected = dumps(writer)
+        assert len(expected) == 2000
+        await eventually(lambda: first_after in seen, timeout=10, what="the reader's watch to resume")
+        resume = seen[first_after] - restarted_at
+        print(
+            f"\n{how}: server down {restarted_at - down_since:.2f}s; the reader saw the first write "
+            f"made after the restart ({first_after}) {resume:.2f}s after the server was back"
+        )
+        assert resume < 5.0
+        await eventually(lambda: dumps(reader) == expected, timeout=10, what="the reader to catch up")
+
+        fresh = await make_db(url=server.url, location="fresh")
+        assert dumps(fresh) == expected  # nothing acknowledged was lost, nothing duplicated
+        assert await Call.objects.using(fresh).filter(queue_id=3).count() == sum(
+            1 for v in expected.values() if v["queue_id"] == 3
+        )
+        for db in (fresh, reader, writer):
+            await asyncio.wait_for(db.stop(), 10)
+    finally:
+        await server.stop()

@@ -1,0 +1,618 @@
+"""End to end through the public API on a real nats-server: persistence, layout, sync between nodes,
+merge and convergence, events, dead letters, bad input.
+
+Every ``Database`` here has its own connection (``make_db``), like separate processes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import statistics
+import time
+from typing import Any
+
+import orjson
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
+from pydantic import ValidationError
+from sync_helpers import Call, Caller, DbFactory, QueueItem, dumps, eventually
+
+from brainless_odm import BucketNotFound, Database, FlushError, PayloadTooLarge
+
+pytestmark = pytest.mark.integration
+
+
+def objects(db: Database) -> Any:
+    return Call.objects.using(db)
+
+
+async def stored(nats_client: Client, namespace: str, key: str) -> dict[str, Any]:
+    """The stored JSON of ``key`` in the ``call`` bucket, read with plain nats-py."""
+    kv = await nats_client.jetstream().key_value(f"{namespace}-call")
+    entry = await kv.get(key)
+    assert entry.value is not None
+    return orjson.loads(entry.value)  # type: ignore[no-any-return]
+
+
+# -- persistence and layout ------------------------------------------------------------------------
+
+
+async def test_persistence_and_reload_with_working_indexes(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=60)
+    for i in range(60):
+        objects(a).add(channel_id=f"c-{i}", queue_id=i % 4, state="ringing" if i % 3 == 0 else "waiting")
+    first = await objects(a).get(channel_id="c-0")
+    first.caller = Caller(number="+420 1", city="Brno")
+    first.tags.append("vip")
+    gone = await objects(a).get(channel_id="c-1")
+    await a.flush()
+    gone_key = gone.uuid
+    await gone.delete()
+    expected = dumps(a)
+    await a.stop()
+
+    b = await make_db()
+    assert dumps(b) == expected
+    assert gone_key not in objects(b)
+    assert len(objects(b)) == 59
+    # Indexes are built by the load: equality, `in` and unique lookups agree with a scan.
+    ringing = {d.uuid for d in await objects(b).filter(state="ringing")}
+    assert ringing == {k for k, v in expected.items() if v["state"] == "ringing"}
+    assert len(ringing) == 20
+    assert await objects(b).filter(queue_id__in=[1, 2]).count() == sum(
+        1 for v in expected.values() if v["queue_id"] in (1, 2)
+    )
+    loaded = await objects(b).get(channel_id="c-0")
+    assert loaded.caller == Caller(number="+420 1", city="Brno")
+    assert loaded.tags == ["vip"]
+    # A loaded document is tracked like any other: a change is written and reloads.
+    loaded.state = "done"
+    await b.stop()
+    c = await make_db()
+    assert (await objects(c).get(channel_id="c-0")).state == "done"
+    assert [d.channel_id for d in await objects(c).filter(state="done")] == ["c-0"]
+
+
+async def test_bucket_name_and_json_value_visible_to_nats_py(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    a = await make_db(documents=(Call, QueueItem), location="prague-1", flush_interval=60)
+    call = objects(a).add(channel_id="c-1", queue_id=3, caller=Caller(number="1"), tags=["x"])
+    item = QueueItem.objects.using(a).add(name="q")
+    await a.flush()
+
+    js = nats_client.jetstream()
+    for name in (f"{brainless_namespace}-call", f"{brainless_namespace}-queue_item"):
+        info = await js.stream_info(f"KV_{name}")
+        assert info.config.allow_direct is True, name
+    assert call.uuid is not None
+    value = await stored(nats_client, brainless_namespace, call.uuid)
+    meta = value.pop("_odm")
+    assert value == call.model_dump(mode="json", exclude={"uuid"})
+    assert meta["loc"] == "prague-1"
+    assert meta["ch"] == sorted(Call.__odm__.data_fields)  # a create changes every field
+    assert isinstance(meta["w"], str)
+    assert meta["w"]
+    first_w = meta["w"]
+
+    call.priority = 7
+    await a.flush()
+    value = await stored(nats_client, brainless_namespace, call.uuid)
+    assert value["priority"] == 7
+    assert value["_odm"]["ch"] == ["priority"]
+    assert value["_odm"]["w"] != first_w
+
+    kv = await js.key_value(f"{brainless_namespace}-queue_item")
+    assert item.uuid is not None
+    raw = orjson.loads((await kv.get(item.uuid)).value or b"")
+    assert raw["name"] == "q"
+    assert "uuid" not in raw  # the key is the uuid
+
+
+# -- nodes seeing each other -----------------------------------------------------------------------
+
+
+async def test_two_nodes_see_adds_updates_deletes_and_index_changes(make_db: DbFactory) -> None:
+    a = await make_db()
+    b = await make_db()
+    doc = objects(a).add(channel_id="c-1", queue_id=1)
+    key = doc.uuid
+    await eventually(lambda: key in objects(b), what="the add on B")
+    on_b = objects(b)[key]
+    assert on_b is not doc
+    assert on_b.model_dump() == doc.model_dump()
+    assert (await objects(b).get(channel_id="c-1")).uuid == key
+
+    doc.state = "ringing"
+    doc.queue_id = 2
+    await eventually(lambda: objects(b)[key].state == "ringing", what="the update on B")
+
+    async def moved() -> bool:
+        return (
+            [d.uuid for d in await objects(b).filter(state="ringing")] == [key]
+            and not await objects(b).filter(state="waiting").exists()
+            and [d.uuid for d in await objects(b).filter(queue_id=2)] == [key]
+            and not await objects(b).filter(queue_id=1).exists()
+        )
+
+    await eventually(moved, what="B's indexes to follow the update")
+
+    # B changes it back; A's indexes follow too.
+    on_b.state = "done"
+    on_b.caller = Caller(number="7")
+    await eventually(lambda: doc.state == "done" and doc.caller == Caller(number="7"), what="B's update on A")
+    assert [d.uuid for d in await objects(a).filter(state="done")] == [key]
+    assert not await objects(a).filter(state="ringing").exists()
+
+    # Unique index follows a remote change: the old value is free again on A.
+    on_b.channel_id = "c-renamed"
+    await eventually(lambda: doc.channel_id == "c-renamed", what="the unique field change on A")
+    assert await objects(a).find(channel_id="c-1") is None
+    objects(a).add(channel_id="c-1")  # the freed value can be taken again
+
+    assert objects(b).delete(key) is True
+    await eventually(lambda: key not in objects(a), what="the delete on A")
+    assert not await objects(a).filter(state="done").exists()
+    assert await objects(a).find(channel_id="c-renamed") is None
+    await eventually(lambda: len(objects(b)) == 1, what="A's second add on B")
+
+
+async def test_three_nodes_see_each_other(make_db: DbFactory) -> None:
+    nodes = [await make_db() for _ in range(3)]
+    for n, db in enumerate(nodes):
+        for i in range(30):
+            objects(db).add(channel_id=f"n{n}-{i}", queue_id=n)
+    await eventually(lambda: all(len(objects(db)) == 90 for db in nodes), what="every add on every node")
+    for db in nodes:
+        for n in range(3):
+            assert await objects(db).filter(queue_id=n).count() == 30
+
+    # Each node changes its own documents' state and deletes a third of the others' documents.
+    for n, db in enumerate(nodes):
+        await objects(db).filter(queue_id=n).update(state=f"by-{n}")
+    for n, db in enumerate(nodes):
+        victims = await objects(db).filter(queue_id=(n + 1) % 3).order_by("channel_id").limit(10)
+        for v in victims:
+            await v.delete()
+
+    async def settled() -> bool:
+        for db in nodes:
+            if len(objects(db)) != 60:
+                return False
+            for n in range(3):
+                if await objects(db).filter(state=f"by-{n}").count() != 20:
+                    return False
+        return True
+
+    await eventually(settled, what="updates and deletes on every node")
+    assert dumps(nodes[0]) == dumps(nodes[1]) == dumps(nodes[2])
+
+
+# -- merge and convergence -------------------------------------------------------------------------
+
+
+async def test_concurrent_different_field_edits_are_all_kept(make_db: DbFactory) -> None:
+    nodes = [await make_db(flush_interval=60) for _ in range(3)]
+    docs = [objects(nodes[0]).add(channel_id=f"c-{i}") for i in range(20)]
+    await nodes[0].flush()
+    keys = [d.uuid for d in docs]
+    await eventually(lambda: all(len(objects(db)) == 20 for db in nodes), what="the adds everywhere")
+
+    for round_ in range(5):
+        # Every node edits another field of every document, all based on the same revision.
+        for key in keys:
+            objects(nodes[0])[key].priority = round_ + 1
+            objects(nodes[1])[key].state = f"s{round_}"
+            objects(nodes[2])[key].tags.append(f"t{round_}")
+        await asyncio.gather(*(db.flush() for db in nodes))
+        want = {"priority": round_ + 1, "state": f"s{round_}", "tags": [f"t{r}" for r in range(round_ + 1)]}
+
+        def kept(db: Database, want: dict[str, Any] = want) -> bool:
+            return all({f: getattr(objects(db)[k], f) for f in want} == want for k in keys)
+
+        await eventually(lambda: all(kept(db) for db in nodes), what=f"every edit of round {round_}")
+    fresh = await make_db()
+    assert kept(fresh)
+    assert dumps(fresh) == dumps(nodes[0])
+
+
+async def test_same_field_edits_converge_over_many_rounds(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    rng = random.Random(1234)
+    nodes = [await make_db(flush_interval=60) for _ in range(3)]
+    keys = [objects(nodes[0]).add(channel_id=f"c-{i}").uuid for i in range(12)]
+    await nodes[0].flush()
+    await eventually(lambda: all(len(objects(db)) == 12 for db in nodes), what="the adds everywhere")
+    kv = await nats_client.jetstream().key_value(f"{brainless_namespace}-call")
+    fields = ("queue_id", "state", "priority", "note")
+
+    async def stored_state() -> dict[str, dict[str, Any]]:
+        out = {}
+        for k in keys:
+            raw = orjson.loads((await kv.get(k)).value or b"")
+            raw.pop("_odm")
+            out[k] = raw
+        return out
+
+    for round_ in range(50):
+        before = dumps(nodes[0])
+        written: dict[tuple[str, str], set[Any]] = {}
+        for n, db in enumerate(nodes):
+            for key in rng.sample(keys, 6):
+                name = rng.choice(fields)
+                value: Any = f"r{round_}-n{n}" if name in ("state", "note") else rng.randrange(1000)
+                setattr(objects(db)[key], name, value)
+                written.setdefault((key, name), set()).add(value)
+        if round_ % 2:
+            await asyncio.gather(*(db.flush() for db in nodes))
+        else:  # staggered: some nodes write on top of what the others already stored
+            for db in rng.sample(nodes, 3):
+                await db.flush()
+        target = await stored_state()
+
+        def converged(target: dict[str, dict[str, Any]] = target) -> bool:
+            want = {k: {f: v[f] for f in fields} for k, v in target.items()}
+            return all(
+                {k: {f: getattr(objects(db)[k], f) for f in fields} for k in keys} == want for db in nodes
+            )
+
+        await eventually(converged, what=f"convergence in round {round_}")
+        for key in keys:
+            for name in fields:
+                value = target[key][name]
+                if (key, name) in written:
+                    # The winner is one of the values written in this round...
+                    assert value in written[(key, name)], (round_, key, name)
+                else:
+                    # ...and a field nobody touched kept its value.
+                    assert value == before[key][name], (round_, key, name)
+        assert not any(objects(db)[k].is_dirty for db in nodes for k in keys)
+
+    fresh = await make_db()
+    assert dumps(fresh) == dumps(nodes[0]) == dumps(nodes[1]) == dumps(nodes[2])
+    # Indexes agree with the values on every node after all the merging.
+    for db in (*nodes, fresh):
+        for d in objects(db):
+            assert d in await objects(db).filter(state=d.state, queue_id=d.queue_id)
+
+
+async def test_in_place_mutation_and_nested_assignment_propagate(make_db: DbFactory) -> None:
+    a = await make_db()
+    b = await make_db()
+    doc = objects(a).add(channel_id="c-1", caller=Caller(number="1"), tags=["a"])
+    key = doc.uuid
+    await eventually(lambda: key in objects(b), what="the add on B")
+    remote = objects(b)[key]
+    tag_events: list[tuple[Any, Any]] = []
+    objects(b).on_field_change("tags", lambda d, f, o, n: tag_events.append((list(o), list(n))))
+
+    doc.tags.append("vip")  # no explicit flush: the background flush writes it
+    await eventually(lambda: remote.tags == ["a", "vip"], what="the appended tag on B")
+    assert tag_events == [(["a"], ["a", "vip"])]
+    assert doc.caller is not None
+    doc.caller.city = "Brno"
+    await eventually(lambda: remote.caller == Caller(number="1", city="Brno"), what="the nested assignment")
+    doc.caller = Caller(number="2")
+    await eventually(lambda: remote.caller == Caller(number="2"), what="the new nested model")
+    # The new nested model is tracked too.
+    doc.caller.city = "Praha"
+    await eventually(lambda: remote.caller == Caller(number="2", city="Praha"), what="a change inside it")
+    # And B's own in-place edit goes back.
+    remote.tags.remove("a")
+    await eventually(lambda: doc.tags == ["vip"], what="B's in-place removal on A")
+    assert not doc.is_dirty
+    assert not remote.is_dirty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a local in-place change fires on_change(None, doc) (reads as an add) and "
+    "on_field_change with old_value=None",
+)
+async def test_local_in_place_change_events_carry_the_old_value(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=3600)
+    olds: list[dict[str, Any] | None] = []
+    fields: list[tuple[Any, Any]] = []
+    objects(a).on_change(lambda old, new: olds.append(old and old.model_dump()), local=True)
+    objects(a).on_field_change("tags", lambda d, f, o, n: fields.append((o, list(n))), local=True)
+    doc = objects(a).add(channel_id="c-1", tags=["a"])
+    doc.tags.append("vip")
+    assert fields == [(["a"], ["a", "vip"])]
+    assert len(olds) == 2
+    assert olds[1] is not None  # None means "a new document" (docs/events.md)
+    assert olds[1]["tags"] == ["a"]
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+async def test_20k_documents_load_completely_every_time(make_db: DbFactory) -> None:
+    n = 20_000
+    writer = await make_db(flush_interval=60)
+    add = objects(writer).add
+    for i in range(n):
+        add(channel_id=f"c-{i}", queue_id=i % 10)
+    t0 = time.perf_counter()
+    assert await writer.flush() == n
+    write_s = time.perf_counter() - t0
+    await writer.stop()
+
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        db = await make_db()
+        times.append(time.perf_counter() - t0)
+        assert len(objects(db)) == n
+        assert await objects(db).filter(queue_id=3).count() == n // 10
+        assert (await objects(db).get(channel_id=f"c-{n - 1}")).queue_id == (n - 1) % 10
+        await db.stop()
+    print(
+        f"\n20k documents: flush {write_s:.2f}s ({n / write_s:,.0f} docs/s); "
+        f"start()+load {', '.join(f'{t:.2f}s' for t in times)} (best {n / min(times):,.0f} docs/s)"
+    )
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+async def test_events_remote_and_local_with_old_and_new_values(
+    make_db: DbFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await make_db()
+    b = await make_db()
+    remote_changes: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+    remote_fields: list[tuple[str, str, Any, Any]] = []
+    remote_deletes: list[str] = []
+    local_changes: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+    local_fields: list[tuple[str, Any, Any]] = []
+    a_remote_only: list[object] = []
+
+    def boom(old: Call | None, new: Call) -> None:
+        raise RuntimeError("callback failure")
+
+    async def on_delete_async(doc: Call) -> None:
+        await asyncio.sleep(0)
+        remote_deletes.append(doc.channel_id)
+
+    objects(b).on_change(boom)  # registered first: must not stop the others or the sync
+    objects(b).on_change(lambda old, new: remote_changes.append((old and old.model_dump(), new.model_dump())))
+    objects(b).on_field_change("state", lambda d, f, o, n: remote_fields.append((d.channel_id, f, o, n)))
+    objects(b).on_delete(on_delete_async)
+    objects(a).on_change(
+        lambda old, new: local_changes.append((old and old.model_dump(), new.model_dump())), local=True
+    )
+    objects(a).on_field_change("state", lambda d, f, o, n: local_fields.append((f, o, n)), local=True)
+    objects(a).on_change(
+        lambda old, new: a_remote_only.append(new)
+    )  # local=False: A's own changes do not fire
+    local_deletes: list[str] = []
+    objects(a).on_delete(lambda d: local_deletes.append(d.channel_id), local=True)
+
+    with caplog.at_level(logging.ERROR):
+        doc = objects(a).add(channel_id="c-1")
+        # Local callbacks fire synchronously, at the change.
+        assert local_changes == [(None, doc.model_dump())]
+        await eventually(lambda: remote_changes, what="the remote add event")
+        assert remote_changes == [(None, doc.model_dump())]
+
+        doc.state = "ringing"
+        assert local_fields == [("state", "waiting", "ringing")]
+        old, new = local_changes[-1]
+        assert old is not None
+        assert (old["state"], new["state"]) == ("waiting", "ringing")
+        await eventually(lambda: remote_fields, what="the remote field event")
+        assert remote_fields == [("c-1", "state", "waiting", "ringing")]
+        await eventually(lambda: len(remote_changes) == 2, what="the remote change event")
+        old, new = remote_changes[1]
+        assert old is not None
+        assert (old["state"], new["state"]) == ("waiting", "ringing")
+        assert new == doc.model_dump()
+
+        # A field not listened to fires on_change but not on_field_change("state").
+        doc.priority = 5
+        await eventually(lambda: len(remote_changes) == 3, what="the priority change event")
+        old, new = remote_changes[2]
+        assert old is not None
+        assert (old["priority"], new["priority"]) == (0, 5)
+        assert len(remote_fields) == 1
+
+        await doc.delete()
+        assert local_deletes == ["c-1"]
+        await eventually(lambda: remote_deletes == ["c-1"], what="the async remote delete event")
+
+    assert a_remote_only == []
+    assert sum("callback failure" in (r.exc_text or "") for r in caplog.records) == 3
+    # B's own change does not fire B's (remote-only) callbacks, but A's.
+    objects(b).add(channel_id="c-2")
+    await eventually(lambda: len(a_remote_only) == 1, what="B's add as a remote event on A")
+    assert len(remote_changes) == 3
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+async def test_poison_entries_are_dead_lettered_and_can_be_requeued(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    a = await make_db()
+    good = objects(a).add(channel_id="good")
+    await a.flush()
+    await a.stop()
+    kv = await nats_client.jetstream().key_value(f"{brainless_namespace}-call")
+    await kv.put("not-json", b"\x00 not json {")
+    bad_doc = orjson.dumps({"channel_id": "bad", "queue_id": "not a number"})
+    await kv.put("not-valid", bad_doc)
+
+    b = await make_db()
+    c = await make_db()
+    for db in (b, c):
+        assert [d.uuid for d in objects(db)] == [good.uuid]
+    letters = await eventually(
+        lambda: _letters(b, {"not-json", "not-valid"}), what="both entries in the dead letters"
+    )
+    by_key = {dl.key: dl for dl in letters}
+    assert {dl.collection for dl in letters} == {"call"}
+    assert by_key["not-json"].value == b"\x00 not json {"
+    assert by_key["not-valid"].value == bad_doc
+    assert "queue_id" in by_key["not-valid"].error
+    assert by_key["not-json"].error
+    await eventually(lambda: _gone(kv, "not-json"), what="not-json removed from the bucket")
+    await eventually(lambda: _gone(kv, "not-valid"), what="not-valid removed from the bucket")
+
+    # Still invalid: nothing changes.
+    with pytest.raises(ValidationError):
+        await b.requeue_dead_letter(by_key["not-valid"])
+    fixed = orjson.dumps({"channel_id": "bad", "queue_id": 4})
+    doc = await b.requeue_dead_letter(by_key["not-valid"], fixed)
+    assert isinstance(doc, Call)
+    assert doc.uuid == "not-valid"
+    assert (doc.channel_id, doc.queue_id) == ("bad", 4)
+    await eventually(lambda: "not-valid" in objects(c), what="the requeued document on C")
+    assert await objects(c).filter(queue_id=4).count() == 1
+    assert [dl.key for dl in await b.dead_letters()] == ["not-json"]
+    d = await make_db()
+    assert {x.channel_id for x in objects(d)} == {"good", "bad"}
+
+
+async def _letters(db: Database, keys: set[str]) -> list[Any]:
+    letters = await db.dead_letters()
+    return letters if {dl.key for dl in letters} == keys else []
+
+
+async def _gone(kv: Any, key: str) -> bool:
+    try:
+        await kv.get(key)
+    except KeyNotFoundError:  # KeyDeletedError too
+        return True
+    return False
+
+
+async def test_poison_entry_arriving_live_is_dead_lettered(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    a = await make_db()
+    b = await make_db()
+    doc = objects(a).add(channel_id="c-1")
+    await eventually(lambda: doc.uuid in objects(b), what="the add on B")
+    kv = await nats_client.jetstream().key_value(f"{brainless_namespace}-call")
+    # A poison update of an existing document and a poison new one.
+    assert doc.uuid is not None
+    await kv.put(doc.uuid, b'{"channel_id": ["not", "a", "string"]}')
+    await kv.put("live-bad", b"[1, 2]")
+
+    letters = await eventually(
+        lambda: _letters(a, {doc.uuid, "live-bad"}), what="the live poison in the dead letters"
+    )
+    assert all(dl.collection == "call" for dl in letters)
+    await eventually(lambda: _gone(kv, "live-bad"), what="live-bad removed from the bucket")
+    assert "live-bad" not in objects(a)
+    assert "live-bad" not in objects(b)
+    # The poison version replaced c-1 in the bucket; moving it aside removes the key, and every
+    # node drops c-1 alike (no node keeps a version the bucket no longer has).
+    await eventually(
+        lambda: doc.uuid not in objects(a) and doc.uuid not in objects(b), what="c-1 gone on both nodes"
+    )
+    # The sync goes on.
+    c2 = objects(b).add(channel_id="c-2")
+    await eventually(lambda: [d.uuid for d in objects(a)] == [c2.uuid], what="a later add")
+    # Requeue the new one, fixed, from A: B gets it.
+    (new_letter,) = [dl for dl in letters if dl.key == "live-bad"]
+    await a.requeue_dead_letter(new_letter, b'{"channel_id": "c-3"}')
+    await eventually(lambda: "live-bad" in objects(b), what="the requeued document on B")
+    assert objects(b)["live-bad"].channel_id == "c-3"
+
+
+# -- stop, bad input, operator errors --------------------------------------------------------------
+
+
+async def test_stop_flushes_pending_changes(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=3600)
+    docs = [objects(a).add(channel_id=f"c-{i}") for i in range(200)]
+    await a.flush()
+    for d in docs[:50]:
+        d.priority = 9
+    for d in docs[50:60]:
+        await d.delete()
+    for i in range(200, 230):
+        objects(a).add(channel_id=f"c-{i}")
+    assert any(d.is_dirty for d in docs[:50])
+    expected = dumps(a)
+    await a.stop()
+    b = await make_db()
+    assert dumps(b) == expected
+    assert await objects(b).filter(priority=9).count() == 50
+
+
+async def test_oversize_document_fails_alone_and_invalid_uuid_is_rejected(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    with pytest.raises(ValidationError):
+        Call(uuid="not a key!", channel_id="x")
+    with pytest.raises(ValidationError):
+        Call(uuid=".leading-dot", channel_id="x")
+
+    a = await make_db(flush_interval=3600)
+    with pytest.raises(ValidationError):
+        objects(a).add(uuid="has space", channel_id="x")
+    big = objects(a).add(channel_id="big", note="x" * (nats_client.max_payload + 10))
+    small = [objects(a).add(channel_id=f"c-{i}") for i in range(20)]
+    with pytest.raises(FlushError) as info:
+        await asyncio.wait_for(a.flush(), 10)
+    assert big.uuid is not None
+    assert [(c, k) for c, k, _ in info.value.failures] == [("call", big.uuid)]
+    assert isinstance(info.value.failures[0][2], PayloadTooLarge)
+    assert big.uuid in str(info.value)
+    assert big.is_dirty  # kept, to be retried
+
+    b = await make_db()
+    assert {d.channel_id for d in objects(b)} == {d.channel_id for d in small}
+    big.note = "small now"
+    assert await asyncio.wait_for(a.flush(), 10) == 1
+    await eventually(lambda: big.uuid in objects(b), what="the fixed document on B")
+
+
+async def test_bucket_deleted_while_running_fails_flush_clearly(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    a = await make_db(flush_interval=3600)
+    doc = objects(a).add(channel_id="c-1")
+    await a.flush()
+    await nats_client.jetstream().delete_key_value(f"{brainless_namespace}-call")
+
+    doc.priority = 3
+    objects(a).add(channel_id="c-2")
+    t0 = time.monotonic()
+    with pytest.raises(FlushError) as info:
+        await asyncio.wait_for(a.flush(), 15)
+    assert time.monotonic() - t0 < 10
+    assert len(info.value.failures) == 2
+    assert all(isinstance(exc, BucketNotFound) for _c, _k, exc in info.value.failures)
+    assert f"{brainless_namespace}-call" in str(info.value)
+    with pytest.raises(FlushError):
+        await asyncio.wait_for(a.stop(), 15)
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+
+async def test_propagation_latency(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=0)
+    b = await make_db(flush_interval=0)
+    doc = objects(a).add(channel_id="c-1")
+    await eventually(lambda: doc.uuid in objects(b), what="the add on B")
+    seen: dict[int, float] = {}
+    objects(b).on_field_change("priority", lambda d, f, o, n: seen.setdefault(n, time.perf_counter()))
+    lat = []
+    for i in range(1, 201):
+        t0 = time.perf_counter()
+        doc.priority = i
+        await eventually(lambda: i in seen, what=f"update {i} on B")  # noqa: B023  (awaited here)
+        lat.append(seen[i] - t0)
+    lat.sort()
+    p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+    print(f"\npropagation A->B (flush_interval=0): p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
+    assert p99 < 1.0
