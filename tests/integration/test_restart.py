@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
 import pytest
 from sync_helpers import Call, DbFactory, dumps, eventually
 
+from brainless_odm import Database
 from brainless_odm.testing import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -93,6 +95,56 @@ async def test_server_restart_mid_writes_loses_nothing_and_watch_resumes(
             1 for v in expected.values() if v["queue_id"] == 3
         )
         for db in (fresh, reader, writer):
+            await asyncio.wait_for(db.stop(), 10)
+    finally:
+        await server.stop()
+
+
+async def test_two_writers_through_an_outage_lose_no_update(make_db: DbFactory, tmp_path: Path) -> None:
+    """Two nodes keep editing shared documents (one field each, plus a contested one) while the
+    server goes away and comes back: each node's last value of its own field survives everywhere."""
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    try:
+        a = await make_db(url=server.url, location="a", flush_interval=0.02)
+        b = await make_db(url=server.url, location="b", flush_interval=0.02)
+        keys = [str(Call.objects.using(a).add(channel_id=f"c-{i}").uuid) for i in range(50)]
+        await a.flush()
+        await eventually(lambda: len(Call.objects.using(b)) == 50, what="the adds on B")
+        last: dict[str, dict[str, object]] = {"priority": {}, "note": {}}
+        while_down = 0
+
+        async def edit(db: Database, field: str, seed: int) -> None:
+            nonlocal while_down
+            rng = random.Random(seed)
+            for i in range(1, 1001):
+                key = rng.choice(keys)
+                doc = Call.objects.using(db)[key]
+                value: object = i if field == "priority" else f"{db.location}-{i}"
+                setattr(doc, field, value)
+                last[field][key] = value
+                while_down += not server.running
+                if i % 7 == 0:
+                    doc.state = f"{db.location}-{i}"  # contested: must only converge
+                await asyncio.sleep(0.002)
+
+        async def outage() -> None:
+            await asyncio.sleep(0.4)
+            await server.stop()  # our own store_dir: kept
+            await asyncio.sleep(0.7)
+            await server.start()
+
+        await asyncio.gather(edit(a, "priority", 1), edit(b, "note", 2), outage())
+        assert while_down > 100  # many edits made while the server was away
+        await asyncio.wait_for(asyncio.gather(a.flush(), b.flush()), 30)
+        await eventually(lambda: dumps(a) == dumps(b), timeout=10, what="the nodes to agree")
+        state = dumps(a)
+        for key in keys:
+            assert state[key]["priority"] == last["priority"].get(key, 0)
+            assert state[key]["note"] == last["note"].get(key, "")
+        fresh = await make_db(url=server.url, location="fresh")
+        assert dumps(fresh) == state
+        for db in (fresh, a, b):
             await asyncio.wait_for(db.stop(), 10)
     finally:
         await server.stop()

@@ -280,6 +280,66 @@ async def test_same_field_edits_converge_over_many_rounds(
             assert d in await objects(db).filter(state=d.state, queue_id=d.queue_id)
 
 
+async def test_concurrent_delete_wins_over_updates(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=3600)
+    b = await make_db(flush_interval=3600)
+    docs = [objects(a).add(channel_id=f"c-{i}") for i in range(30)]
+    await a.flush()
+    keys = [d.uuid for d in docs]
+    await eventually(lambda: len(objects(b)) == 30, what="the adds on B")
+    for i, key in enumerate(keys[:20]):
+        objects(b)[key].priority = 5  # B edits while A deletes
+        if i % 2:
+            objects(a)[key].state = "edited-here-too"
+        objects(a).delete(key)
+    # Half flushed together, half with B's edit written first.
+    await asyncio.gather(a.flush(), b.flush())
+    for key in keys[20:]:
+        objects(b)[key].note = "b"
+        objects(a).delete(key)
+    await b.flush()
+    await a.flush()
+    await eventually(lambda: len(objects(b)) == 0, what="every delete on B")
+    assert len(objects(a)) == 0
+    fresh = await make_db()
+    assert len(objects(fresh)) == 0
+
+
+async def test_same_uuid_deleted_then_re_added_elsewhere(make_db: DbFactory) -> None:
+    a = await make_db()
+    b = await make_db()
+    doc = objects(a).add(channel_id="c-1", priority=1)
+    key = doc.uuid
+    await eventually(lambda: key in objects(b), what="the add on B")
+    await doc.delete()
+    await eventually(lambda: key not in objects(b), what="the delete on B")
+    again = objects(b).add(uuid=key, channel_id="c-1", priority=2)
+    await eventually(lambda: key in objects(a), what="the re-added document on A")
+    assert objects(a)[key].priority == 2
+    assert not again.is_dirty
+    fresh = await make_db()
+    assert objects(fresh)[key].priority == 2
+
+
+async def test_same_uuid_created_on_two_nodes_converges(make_db: DbFactory) -> None:
+    a = await make_db(flush_interval=3600)
+    b = await make_db(flush_interval=3600)
+    for i in range(20):
+        objects(a).add(uuid=f"k-{i}", channel_id=f"a-{i}", priority=1)
+        objects(b).add(uuid=f"k-{i}", channel_id=f"b-{i}", state="from-b")
+    await asyncio.gather(a.flush(), b.flush())
+    await eventually(lambda: dumps(a) == dumps(b), what="both nodes to agree")
+    for doc in objects(a):
+        # One creation wins whole: no mix of the two documents' fields.
+        assert (doc.channel_id[0], doc.priority, doc.state) in {("a", 1, "waiting"), ("b", 0, "from-b")}
+    fresh = await make_db()
+    assert dumps(fresh) == dumps(a)
+    for db in (a, b, fresh):
+        assert await objects(db).filter(state="from-b").count() == sum(
+            1 for d in objects(db) if d.channel_id.startswith("b")
+        )
+
+
 async def test_in_place_mutation_and_nested_assignment_propagate(make_db: DbFactory) -> None:
     a = await make_db()
     b = await make_db()
