@@ -44,10 +44,18 @@ class FieldLink:
         self.doc: Document | None = doc
         self.field = field
 
-    def changed(self, revert: Revert | None) -> None:
+    def before(self) -> Any:
+        """What local event callbacks need to see of the field before a change (usually nothing)."""
+        doc = self.doc
+        if doc is None:
+            return None
+        coll = doc._odm_coll
+        return coll.snapshot_inplace(doc, self.field) if coll is not None else None
+
+    def changed(self, revert: Revert | None, before: Any = None) -> None:
         doc = self.doc
         if doc is not None:
-            doc._odm_inplace_change(self.field, revert)
+            doc._odm_inplace_change(self.field, revert, before)
 
 
 class TrackedList(list[Any]):
@@ -68,8 +76,9 @@ class TrackedList(list[Any]):
         def revert() -> None:
             list.__setitem__(self, slice(None), before)
 
+        snapshot = self._link.before()
         result = op()
-        self._link.changed(revert)
+        self._link.changed(revert, snapshot)
         return result
 
     def append(self, value: Any, /) -> None:
@@ -144,8 +153,9 @@ class TrackedDict(dict[Any, Any]):
             dict.clear(self)
             dict.update(self, before)
 
+        snapshot = self._link.before()
         result = op()
-        self._link.changed(revert)
+        self._link.changed(revert, snapshot)
         return result
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -205,8 +215,9 @@ class TrackedSet(set[Any]):
             set.clear(self)
             set.update(self, before)
 
+        snapshot = self._link.before()
         result = op()
-        self._link.changed(revert)
+        self._link.changed(revert, snapshot)
         return result
 
     def add(self, value: Any) -> None:
@@ -336,11 +347,12 @@ def install_hook(model_cls: type[BaseModel]) -> None:
             return
         # Held by a document: validate like the document's own fields do, whatever the nested
         # model's own config says, then keep tracking whatever container was assigned.
+        snapshot = link.before()
         self.__pydantic_validator__.validate_assignment(self, name, value)
         new = self.__dict__[name]
         if type(new) in _CONTAINERS or _is_model_type(type(new)):
             self.__dict__[name] = wrap(new, link)
-        link.changed(None)
+        link.changed(None, snapshot)
 
     model_cls.__setattr__ = __setattr__  # type: ignore[method-assign,assignment]
     model_cls.__odm_hooked__ = True  # type: ignore[attr-defined]

@@ -316,7 +316,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
                 link.doc = None
             self._odm_links = None
 
-    def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None) -> None:
+    def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None, before: Any = None) -> None:
         if revert is not None:
             ta = type(self).__odm__.adapter(name)
             value = self.__dict__[name]
@@ -329,7 +329,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
         if coll is None:
             self._odm_dirty.add(name)
         else:
-            coll.touched(self, name)
+            coll.touched(self, name, before)
 
     # -- public state ------------------------------------------------------------------------------
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import itertools
 import logging
@@ -93,6 +94,9 @@ class Collection(Generic[D]):
     # -- events ------------------------------------------------------------------------------------
     def _wants_change(self, local: bool) -> bool:
         return self.class_listeners.wants_change(local) or self.listeners.wants_change(local)
+
+    def _wants_field(self, name: str, local: bool) -> bool:
+        return self.class_listeners.wants_field(name, local) or self.listeners.wants_field(name, local)
 
     def _fire_change(self, old: D | None, new: D, local: bool) -> None:
         self.class_listeners.fire_change(old, new, local)
@@ -199,16 +203,28 @@ class Collection(Generic[D]):
         if before is not None:
             self._fire_change(before, doc, True)
 
-    def touched(self, doc: D, name: str) -> None:
+    def snapshot_inplace(self, doc: D, name: str) -> tuple[Any, D | None] | None:
+        """Before an in-place change of ``doc.name``: its old value and old document, if a local
+        callback will want them (copies cost, so only then)."""
+        wants_field = self._wants_field(name, True)
+        wants_change = self._wants_change(True)
+        if not wants_field and not wants_change:
+            return None
+        old_value = copy.deepcopy(doc.__dict__[name]) if wants_field else None
+        return old_value, doc.model_copy(deep=True) if wants_change else None
+
+    def touched(self, doc: D, name: str, before: tuple[Any, D | None] | None = None) -> None:
         """A container or nested model inside ``doc.name`` changed in place."""
         key = doc.uuid
         assert key is not None
         doc._odm_dirty.add(name)
         self._changed(key)
-        value = doc.__dict__[name]
-        self._fire_field(doc, name, None, value, True)
-        if self._wants_change(True):
-            self._fire_change(None, doc, True)
+        if before is not None:
+            old_value, old_doc = before
+            if self._wants_field(name, True):
+                self._fire_field(doc, name, old_value, doc.__dict__[name], True)
+            if old_doc is not None:
+                self._fire_change(old_doc, doc, True)
 
     def _changed(self, key: str) -> None:
         self.pending[key] = None
@@ -298,7 +314,9 @@ class Collection(Generic[D]):
             return  # our own delete is on its way and wins
         doc = self.docs.get(key)
         if entry.operation is not Operation.PUT:
-            if doc is not None and entry.revision > doc._odm_rev:
+            # A document added here and not yet stored (_odm_rev 0) is not the one deleted: its
+            # create is a compare-and-set, so it meets this marker as a conflict and re-creates.
+            if doc is not None and doc._odm_rev and entry.revision > doc._odm_rev:
                 self._remote_delete(key, doc)
             return
         if doc is not None:

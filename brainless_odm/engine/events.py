@@ -52,8 +52,8 @@ class Listeners:
     def wants_change(self, local: bool) -> bool:
         return any(r.local or not local for r in self.change)
 
-    def wants_fields(self, local: bool) -> bool:
-        return any(r.local or not local for regs in self.fields.values() for r in regs)
+    def wants_field(self, name: str, local: bool) -> bool:
+        return any(r.local or not local for r in self.fields.get(name, ()))
 
     def fire_change(self, old: Any, new: Any, local: bool) -> None:
         for r in self.change:

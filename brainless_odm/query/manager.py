@@ -63,7 +63,8 @@ class Manager(Generic[D]):
         if doc is None:
             new = model(**fields)
         elif type(doc) is model or isinstance(doc, model):
-            new = model(**{**doc.__dict__, **fields}) if fields else doc
+            # A document plus overrides is a template for a new one: its uuid stays behind.
+            new = model(**{**doc.__dict__, "uuid": None, **fields}) if fields else doc
         elif isinstance(doc, Mapping):
             new = model.model_validate({**doc, **fields})
         else:

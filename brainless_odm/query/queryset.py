@@ -72,7 +72,9 @@ class QuerySet(Generic[D]):
         return self._and(resolve(self._manager.model, qs, lookups))
 
     def exclude(self, *qs: Q, **lookups: Any) -> QuerySet[D]:
-        """Documents *not* matching all of the lookups together."""
+        """Documents *not* matching all of the lookups together (``exclude()`` alone: all)."""
+        if not qs and not lookups:
+            return self
         return self._and(Not(resolve(self._manager.model, qs, lookups)))
 
     def order_by(self, *keys: str) -> QuerySet[D]:

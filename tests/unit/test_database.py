@@ -260,13 +260,6 @@ async def test_oversize_document_fails_alone_and_stays_dirty(make_db: DbFactory)
     assert not big.is_dirty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine/collection.py Collection.apply() (the non-PUT branch, ~l.300) takes the "
-    "dead-letter move's own delete marker, still in the watch backlog, as a remote delete of the "
-    "requeued document (_odm_rev 0): the document is dropped from memory and its write, and the "
-    "dead letter is deleted: the data is lost",
-)
 async def test_requeue_right_after_start_keeps_the_document(make_db: DbFactory) -> None:
     store = MemoryStore()
     await store.open_bucket("dlr-note", BucketConfig())

@@ -67,6 +67,15 @@ async def test_add_an_instance_with_overrides_stores_a_new_document(db: Database
     assert template.tags == ["x"]
 
 
+async def test_a_stored_document_with_overrides_is_a_template_for_a_new_one(db: Database) -> None:
+    objects = Call.objects.using(db)
+    first = objects.add(channel_id="a", priority=3)
+    second = objects.add(first, channel_id="b")
+    assert second.uuid not in (None, first.uuid)
+    assert (second.channel_id, second.priority) == ("b", 3)
+    assert len(objects) == 2
+
+
 async def test_add_validates(db: Database) -> None:
     objects = Call.objects.using(db)
     with pytest.raises(ValidationError):

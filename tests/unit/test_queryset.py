@@ -268,6 +268,7 @@ async def test_q_or_and_not(db: Database) -> None:
 
 async def test_exclude_is_not_all_of_its_lookups(db: Database) -> None:
     objects = Call.objects.using(db)
+    assert await objects.exclude().count() == len(objects)  # excluding nothing keeps everything
     assert await idset(objects.exclude(state="waiting")) == {"c2", "C4"}
     assert await idset(objects.exclude(state="waiting", priority=5)) == {"c2", "c3", "C4", "c5"}
     assert await idset(objects.filter(queue_id__in=[1, 2]).exclude(priority__gt=4)) == {"c2", "c5"}

@@ -321,12 +321,6 @@ async def test_on_field_change_of_an_unknown_field_is_refused(nodes: Nodes) -> N
         Call.objects.using(a).on_field_change("nope", lambda *args: None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine/collection.py Collection.touched() (~l.209) fires local events for an in-place "
-    "change with old=None: on_change(None, doc) is what an add looks like, and on_field_change gets "
-    "old_value=None and the live container as new_value",
-)
 async def test_local_in_place_change_events_carry_the_old_value(nodes: Nodes) -> None:
     a, _, _ = nodes
     changes: list[tuple[Any, Any]] = []
