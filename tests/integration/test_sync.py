@@ -368,11 +368,6 @@ async def test_in_place_mutation_and_nested_assignment_propagate(make_db: DbFact
     assert not remote.is_dirty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a local in-place change fires on_change(None, doc) (reads as an add) and "
-    "on_field_change with old_value=None",
-)
 async def test_local_in_place_change_events_carry_the_old_value(make_db: DbFactory) -> None:
     a = await make_db(flush_interval=3600)
     olds: list[dict[str, Any] | None] = []
