@@ -108,9 +108,10 @@ async def main(args: argparse.Namespace) -> int:
     chosen = args.impl or list(IMPLEMENTATIONS)
     started = time.perf_counter()
     async with server(args.nats_url) as url:
-        nc_a = await connect(url, "bench-node-a")
-        nc_b = await connect(url, "bench-node-b")
-        ctx = Context(nc_a, nc_b, uuid.uuid4().hex[:6])
+        errors: list[str] = []
+        nc_a = await connect(url, "bench-node-a", errors)
+        nc_b = await connect(url, "bench-node-b", errors)
+        ctx = Context(nc_a, nc_b, uuid.uuid4().hex[:6], errors)
         impls = [IMPLEMENTATIONS[name](ctx) for name in IMPLEMENTATIONS if name in chosen]
         print(f"bench: sizes {sizes}, workloads {list(plan.workloads)}, server {url}", flush=True)
         try:

@@ -9,7 +9,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -32,6 +32,8 @@ class Context:
     nc_a: NATS
     nc_b: NATS
     run_id: str
+    #: Errors nats-py reported asynchronously (error_cb) on either connection, oldest first.
+    errors: list[str] = field(default_factory=list)
 
 
 class Reader(abc.ABC):
@@ -102,14 +104,23 @@ class Implementation(abc.ABC):
         """Release anything shared between datasets (meta buckets and the like)."""
 
 
-async def connect(url: str, name: str) -> NATS:
-    """A plain nats-py connection; the same options for all three implementations."""
+async def connect(url: str, name: str, errors: list[str] | None = None) -> NATS:
+    """A plain nats-py connection; the same options for all three implementations.
+
+    Errors nats-py reports asynchronously go to ``errors`` (reported with the workload that was
+    running) instead of a traceback on stderr."""
+    sink = errors if errors is not None else []
+
+    async def error_cb(exc: Exception) -> None:
+        sink.append(f"{name}: {exc!r}")
+
     return await nats.connect(
         url,
         name=name,
         connect_timeout=2.0,
         max_reconnect_attempts=0,
         pending_size=64 * 1024 * 1024,
+        error_cb=error_cb,
     )
 
 

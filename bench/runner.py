@@ -79,6 +79,10 @@ class Cell:
 
 
 async def _close(reader: Reader, cell: Cell) -> None:
+    # Let the node finish starting first: brainlessdb's start() returns before its watcher has
+    # subscribed, and a nats-py KV watcher cancelled mid-subscribe leaks a consumer whose callback
+    # then times out on every message (and keeps a core busy) for the rest of the run.
+    await quiesce()
     await guarded(reader.close(), CLOSE_TIMEOUT, f"{cell.impl} reader stop", cell.warnings)
 
 
@@ -174,8 +178,12 @@ async def run(
         docs = data.generate(n)
         for impl in impls:
             t0 = time.perf_counter()
+            seen = len(impl.ctx.errors)
             cell = await run_cell(impl, n, docs, plan)
             cells.append(cell)
+            errors = impl.ctx.errors[seen:]
+            if errors:
+                cell.warnings.append(f"{len(errors)} asynchronous nats-py error(s), first: {errors[0]}")
             took = time.perf_counter() - t0
             summary = cell.skipped or ", ".join(
                 f"{k}={v:.4g}" for k, v in cell.metrics.items() if k.endswith(("_s", "_us", "_ms"))
