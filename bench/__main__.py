@@ -11,6 +11,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -59,7 +60,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip-slow", action="store_true", help="skip brainlessdb at N >= 50k (its writes take minutes)"
     )
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where results.{json,md} go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="where results.{json,md} go (default bench/results; for --quick, --only and --impl a "
+        "temporary directory, so a smoke run never overwrites the committed figures)",
+    )
     docs = p.add_mutually_exclusive_group()
     docs.add_argument(
         "--docs", action="store_true", help="regenerate docs/performance.md even for a partial run"
@@ -141,12 +147,15 @@ async def main(args: argparse.Namespace) -> int:
         "brainless_odm": _version("brainless-odm"),
         "seconds": time.perf_counter() - started,
     }
-    write_docs = args.docs or not (args.no_docs or args.quick or args.only or args.impl)
-    summary, _targets = report.write_all(cells, extras, meta, args.out, REPO / "docs" if write_docs else None)
+    partial = bool(args.quick or args.only or args.impl)
+    write_docs = args.docs or not (args.no_docs or partial)
+    default_out = Path(tempfile.gettempdir()) / "brainless-bench" if partial else REPO / "bench" / "results"
+    out = args.out or default_out
+    summary, _targets = report.write_all(cells, extras, meta, out, REPO / "docs" if write_docs else None)
     print()
     print(summary)
     print(
-        f"bench: results in {args.out}"
+        f"bench: results in {out}"
         + (", docs/performance.md and docs/img/bench.png" if write_docs else "")
     )
     print(f"bench: took {meta['seconds']:.0f} s")

@@ -1,7 +1,7 @@
 """``python -m bench.profile``: where brainless_odm spends the time of one workload.
 
 Profiles the ODM side of a workload (write + flush, cold load, or propagation) at one N against its
-own nats-server, with pyinstrument (wall clock, the call tree) and cProfile (own time per
+own nats-server, with pyinstrument (wall clock, the call tree) or cProfile (own time per
 function), and writes both reports to ``--out``. The tables in docs/performance.md say how far the
 ODM is from its targets; this says why.
 """
@@ -26,26 +26,29 @@ from brainless_odm.testing import NatsServer
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def _profile(label: str, fn: Callable[[], Awaitable[Any]], out: Path, top: int) -> Any:
-    from pyinstrument import Profiler
-
+async def _profile(label: str, fn: Callable[[], Awaitable[Any]], args: argparse.Namespace) -> Any:
+    """Run ``fn`` under the chosen profiler (one at a time: both hook ``sys.setprofile``)."""
     collect()
     await quiesce()
-    cprof = cProfile.Profile()
-    profiler = Profiler(async_mode="disabled", interval=0.0005)
-    profiler.start()
-    cprof.enable()
-    result = await fn()
-    cprof.disable()
-    profiler.stop()
-    text = profiler.output_text(unicode=True, color=False, show_all=False)
-    (out / f"profile-{label}.txt").write_text(text)
-    buf = io.StringIO()
-    stats = pstats.Stats(cprof, stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    (out / f"profile-{label}-cprofile.txt").write_text(buf.getvalue())
-    print(f"== {label}: {profiler.last_session.duration if profiler.last_session else 0:.3f} s (profiled)")
-    print(buf.getvalue())
+    if args.profiler == "cprofile":
+        cprof = cProfile.Profile()
+        cprof.enable()
+        result = await fn()
+        cprof.disable()
+        buf = io.StringIO()
+        pstats.Stats(cprof, stream=buf).sort_stats("tottime").print_stats(args.top)
+        text = buf.getvalue()
+    else:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        result = await fn()
+        profiler.stop()
+        text = profiler.output_text(unicode=True, color=False, show_all=False)
+    (args.out / f"profile-{label}-{args.profiler}.txt").write_text(text)
+    print(f"== {label} ({args.profiler})")
+    print(text)
     return result
 
 
@@ -60,12 +63,12 @@ async def main(args: argparse.Namespace) -> None:
         try:
             await ds.prepare()
             if "write" in args.workload:
-                await _profile(f"write-{args.n}", lambda: ds.write(docs), args.out, args.top)
+                await _profile(f"write-{args.n}", lambda: ds.write(docs), args)
             else:
                 await ds.write(docs)
             reader: Reader
             if "load" in args.workload:
-                reader = await _profile(f"load-{args.n}", ds.open_reader, args.out, args.top)
+                reader = await _profile(f"load-{args.n}", ds.open_reader, args)
             else:
                 reader = await ds.open_reader()
             if "query" in args.workload:
@@ -78,11 +81,9 @@ async def main(args: argparse.Namespace) -> None:
                     for _ in range(20):
                         await reader.query_scan(data.SCAN_STATE)
 
-                await _profile(f"query-{args.n}", queries, args.out, args.top)
+                await _profile(f"query-{args.n}", queries, args)
             if "propagation" in args.workload:
-                await _profile(
-                    f"propagation-{args.n}", lambda: ds.propagation(reader, 300), args.out, args.top
-                )
+                await _profile(f"propagation-{args.n}", lambda: ds.propagation(reader, 300), args)
             await reader.close()
         finally:
             await ds.drop()
@@ -98,6 +99,9 @@ def cli() -> None:
         action="append",
         choices=("write", "load", "query", "propagation"),
         help="what to profile (repeatable; default write and load)",
+    )
+    p.add_argument(
+        "--profiler", choices=("pyinstrument", "cprofile"), default="pyinstrument", help="which profiler"
     )
     p.add_argument("--top", type=int, default=25, help="cProfile rows to show")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where reports go")

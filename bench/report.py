@@ -343,6 +343,9 @@ all N; queries are the median over many calls with varying arguments (equality: 
 range: ~1 % of N; scan: ~12.5 % of N); *propagation* = one change at a time on node A
 (`flush_interval=0`) until node B's callback runs, after 10 warm-ups; *memory* = tracemalloc
 growth across one cold load, divided by N. Short workloads are repeated and the median is shown.
+Both nodes live in one process, so node A's handling of its own echo and of the ack shares the
+event loop with node B's receive: propagation is charged for it (brainlessdb too, raw has no
+watcher on node A). `python -m bench.profile` profiles the ODM side of one workload.
 The machine is shared and noisy: absolute times drift between runs, the ratios (computed pair by
 pair in the same run) are what to compare.
 """
