@@ -348,8 +348,12 @@ class Database:
             self._dead_bucket = await self.store.open_bucket(self.bucket_name(DEAD_LETTERS), BucketConfig())
         return self._dead_bucket
 
-    async def dead_letter(self, coll: Collection[Any], entry: Entry, exc: BaseException) -> None:
-        """Move an entry that does not decode aside, so the collection still loads."""
+    async def dead_letter(
+        self, coll: Collection[Any], entry: Entry, exc: BaseException, *, remove: bool = True
+    ) -> None:
+        """Move an entry that does not decode aside, so the collection still loads.
+
+        ``remove=False`` when the engine writes a good version over it instead."""
         log.error(
             "%s/%s (revision %d) does not decode, moved to dead letters: %s",
             coll.name,
@@ -374,8 +378,9 @@ class Database:
             if isinstance(res[0], BaseException):
                 raise res[0]
             assert coll.bucket is not None
-            # Only that very revision is removed: a fixed version written meanwhile stays.
-            await coll.bucket.write([WriteOp(entry.key, None, entry.revision)])
+            if remove:
+                # Only that very revision is removed: a fixed version written meanwhile stays.
+                await coll.bucket.write([WriteOp(entry.key, None, entry.revision)])
         except StoreError as err:
             log.error("could not move %s/%s to dead letters: %s", coll.name, entry.key, err)
 

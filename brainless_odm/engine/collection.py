@@ -329,7 +329,13 @@ class Collection(Generic[D]):
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
-            task = asyncio.ensure_future(self.db.dead_letter(self, entry, exc))
+            if doc is not None:
+                # It replaced a document we hold: the last good version goes back over it (a CAS
+                # on the unreadable revision), so the document survives on every node.
+                _slot_rev(doc, entry.revision)
+                doc._odm_dirty.update(self.info.data_fields)
+                self._changed(key)
+            task = asyncio.ensure_future(self.db.dead_letter(self, entry, exc, remove=doc is None))
             self.db.background(task)
             return
         if doc is None:
