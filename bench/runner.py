@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,12 +15,12 @@ from bench.common import (
     Dataset,
     Implementation,
     Reader,
+    collect,
     guarded,
     median,
     percentile,
     quiesce,
     timed,
-    timed_each,
     traced_bytes,
 )
 from bench.impl_raw import RawReader
@@ -90,81 +91,161 @@ async def _drop(ds: Dataset, cell: Cell) -> None:
     await guarded(ds.drop(), CLOSE_TIMEOUT, f"{cell.impl} cleanup", cell.warnings)
 
 
-async def run_cell(impl: Implementation, n: int, docs: Sequence[data.Doc], plan: Plan) -> Cell:
-    cell = Cell(impl.name, n)
+class _Lane:
+    """One implementation's state while a size is being measured."""
+
+    def __init__(self, impl: Implementation, n: int) -> None:
+        self.impl = impl
+        self.cell = Cell(impl.name, n)
+        self.ds: Dataset | None = None
+        self.reader: Reader | None = None
+        self.failed = False
+        self.errors_seen = len(impl.ctx.errors)
+
+    def fail(self, phase: str, exc: BaseException) -> None:
+        log.debug("%s %s failed", self.impl.name, phase, exc_info=exc)
+        self.cell.warnings.append(f"{phase} failed: {exc!r}; later workloads skipped")
+        self.failed = True
+
+
+async def _step(lanes: Sequence[_Lane], phase: str, fn: Callable[[_Lane], Awaitable[None]]) -> None:
+    """Run ``fn`` for every lane still going, in order; a failure ends only that lane."""
+    for lane in lanes:
+        if lane.failed:
+            continue
+        try:
+            await fn(lane)
+        except Exception as exc:
+            lane.fail(phase, exc)
+
+
+async def run_size(
+    impls: Sequence[Implementation], n: int, docs: Sequence[data.Doc], plan: Plan
+) -> list[Cell]:
+    """Measure every implementation at one size.
+
+    Repetitions are interleaved (rep 1 of each implementation, then rep 2 of each...) so a burst of
+    load from other tenants of this machine hits all of them alike and the ratios hold."""
     wants = set(plan.workloads)
-    if plan.skip_slow and impl.slow_writes and n >= plan.slow_from:
-        cell.skipped = "--skip-slow"
-        return cell
-    m = cell.metrics
+    lanes = [_Lane(impl, n) for impl in impls]
+    for lane in lanes:
+        if plan.skip_slow and lane.impl.slow_writes and n >= plan.slow_from:
+            lane.cell.skipped = "--skip-slow"
+            lane.failed = True
+    live = [lane for lane in lanes if not lane.failed]
+    writes: dict[str, list[float]] = {lane.impl.name: [] for lane in lanes}
 
     # write: every repetition into a fresh bucket; the last one stays for the other workloads.
-    writes: list[float] = []
-    ds: Dataset | None = None
-    for rep in range(plan.write_repeats(n) if "write" in wants else 1):
-        if ds is not None:
-            await _drop(ds, cell)
-        ds = impl.dataset(f"{n}-{rep}")
-        await ds.prepare()
+    async def write(lane: _Lane) -> None:
+        if lane.ds is not None:
+            await _drop(lane.ds, lane.cell)
+        lane.ds = lane.impl.dataset(f"{n}-{len(writes[lane.impl.name])}")
+        await lane.ds.prepare()
         await quiesce()
-        seconds, _ = await timed(lambda ds=ds: ds.write(docs))  # type: ignore[misc]
-        writes.append(seconds)
+        seconds, _ = await timed(lambda: lane.ds.write(docs))  # type: ignore[union-attr]
+        writes[lane.impl.name].append(seconds)
         await quiesce()
-    assert ds is not None
-    if "write" in wants:
-        m["write_s"] = median(writes)
-        m["write_runs"] = writes
-    if not wants & READER_WORKLOADS:
-        await _drop(ds, cell)
-        return cell
 
     try:
-        if "memory" in wants:
-            held, reader = await traced_bytes(ds.open_reader)
-            m["mem_bytes_per_doc"] = held / n
-            await _close(reader, cell)
+        for _ in range(plan.write_repeats(n) if "write" in wants else 1):
+            await _step(live, "write", write)
+        if "write" in wants:
+            for lane in live:
+                if writes[lane.impl.name]:
+                    lane.cell.metrics["write_s"] = median(writes[lane.impl.name])
+                    lane.cell.metrics["write_runs"] = writes[lane.impl.name]
+        if wants & READER_WORKLOADS:
+            await _measure_readers(live, n, plan, wants)
+    finally:
+        for lane in lanes:
+            if lane.reader is not None:
+                await _close(lane.reader, lane.cell)
+            if lane.ds is not None:
+                await _drop(lane.ds, lane.cell)
+            errors = lane.impl.ctx.errors[lane.errors_seen :]
+            if errors:
+                lane.cell.warnings.append(f"{len(errors)} asynchronous nats-py error(s), first: {errors[0]}")
+    return [lane.cell for lane in lanes]
+
+
+async def _time_query(lane: _Lane, *, name: str, arg: tuple[Any, ...], times: dict[str, list[float]]) -> None:
+    fn = getattr(lane.reader, f"query_{name}")
+    t0 = time.perf_counter()
+    hits = await fn(*arg)
+    times[lane.impl.name].append(time.perf_counter() - t0)
+    lane.cell.metrics.setdefault(f"{name}_hits", hits)
+
+
+async def _measure_readers(live: Sequence[_Lane], n: int, plan: Plan, wants: set[str]) -> None:
+    if "memory" in wants:
+
+        async def memory(lane: _Lane) -> None:
+            assert lane.ds is not None
+            held, reader = await traced_bytes(lane.ds.open_reader)
+            lane.cell.metrics["mem_bytes_per_doc"] = held / n
+            await _close(reader, lane.cell)
             await quiesce()
 
-        loads: list[float] = []
-        reader = None
-        for _ in range(plan.load_repeats(n)):
-            if reader is not None:
-                await _close(reader, cell)
-                await quiesce()
-            seconds, reader = await timed(ds.open_reader)
-            loads.append(seconds)
-        assert reader is not None
-        m["load_s"] = median(loads)
-        m["load_runs"] = loads
-        m["loaded"] = reader.count()
-        if reader.count() != n:
-            cell.warnings.append(f"loaded {reader.count()} documents, expected {n}")
-        await quiesce()
+        await _step(live, "memory", memory)
 
-        if "query" in wants:
-            if isinstance(reader, RawReader):
-                reader.build_indexes()
-            eq_n, range_n, scan_n = plan.query_repeats(n)
-            for name, fn, args in (
-                ("eq", reader.query_eq, data.eq_values(eq_n)),
-                ("range", reader.query_range, data.range_bounds(range_n)),
-                ("scan", reader.query_scan, [data.SCAN_STATE] * scan_n),
-            ):
-                times, hits = await timed_each(fn, args)
-                m[f"{name}_us"] = median(times) * 1e6
-                m[f"{name}_hits"] = hits
+    loads: dict[str, list[float]] = {lane.impl.name: [] for lane in live}
 
-        if "propagation" in wants:
+    async def load(lane: _Lane) -> None:
+        assert lane.ds is not None
+        if lane.reader is not None:
+            reader, lane.reader = lane.reader, None
+            await _close(reader, lane.cell)
+            await quiesce()
+        seconds, lane.reader = await timed(lane.ds.open_reader)
+        loads[lane.impl.name].append(seconds)
+
+    for _ in range(plan.load_repeats(n)):
+        await _step(live, "load", load)
+    for lane in live:
+        if lane.failed or lane.reader is None:
+            continue
+        m = lane.cell.metrics
+        m["load_s"] = median(loads[lane.impl.name])
+        m["load_runs"] = loads[lane.impl.name]
+        m["loaded"] = lane.reader.count()
+        if lane.reader.count() != n:
+            lane.cell.warnings.append(f"loaded {lane.reader.count()} documents, expected {n}")
+        if isinstance(lane.reader, RawReader):
+            lane.reader.build_indexes()
+    await quiesce()
+
+    if "query" in wants:
+        eq_n, range_n, scan_n = plan.query_repeats(n)
+        for name, args in (
+            ("eq", [(v,) for v in data.eq_values(eq_n)]),
+            ("range", data.range_bounds(range_n)),
+            ("scan", [(data.SCAN_STATE,)] * scan_n),
+        ):
+            times: dict[str, list[float]] = {lane.impl.name: [] for lane in live}
+            collect()
+            for arg in args:
+                await _step(
+                    live, f"{name} query", functools.partial(_time_query, name=name, arg=arg, times=times)
+                )
+            for lane in live:
+                if times[lane.impl.name] and not lane.failed:
+                    lane.cell.metrics[f"{name}_us"] = median(times[lane.impl.name]) * 1e6
+
+    if "propagation" in wants:
+
+        async def propagation(lane: _Lane) -> None:
+            assert lane.ds is not None
+            assert lane.reader is not None
+            await quiesce()
             total = plan.propagation_warmup + plan.propagation_updates
-            latencies = await ds.propagation(reader, min(total, n))
+            latencies = await lane.ds.propagation(lane.reader, min(total, n))
             measured = latencies[plan.propagation_warmup :]
+            m = lane.cell.metrics
             m["prop_p50_ms"] = percentile(measured, 50) * 1e3
             m["prop_p99_ms"] = percentile(measured, 99) * 1e3
             m["prop_updates"] = len(measured)
-        await _close(reader, cell)
-    finally:
-        await _drop(ds, cell)
-    return cell
+
+        await _step(live, "propagation", propagation)
 
 
 async def run(
@@ -176,21 +257,17 @@ async def run(
     server_workloads = set(plan.workloads) - {"assign"}
     for n in plan.sizes if server_workloads else ():
         docs = data.generate(n)
-        for impl in impls:
-            t0 = time.perf_counter()
-            seen = len(impl.ctx.errors)
-            cell = await run_cell(impl, n, docs, plan)
-            cells.append(cell)
-            errors = impl.ctx.errors[seen:]
-            if errors:
-                cell.warnings.append(f"{len(errors)} asynchronous nats-py error(s), first: {errors[0]}")
-            took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        size_cells = await run_size(impls, n, docs, plan)
+        cells.extend(size_cells)
+        progress(f"  N={n:,}: {time.perf_counter() - t0:.1f} s")
+        for cell in size_cells:
             summary = cell.skipped or ", ".join(
                 f"{k}={v:.4g}" for k, v in cell.metrics.items() if k.endswith(("_s", "_us", "_ms"))
             )
-            progress(f"  N={n:>7} {impl.name:<12} {took:6.1f} s  {summary}")
+            progress(f"    {cell.impl:<12} {summary}")
             for w in cell.warnings:
-                progress(f"    warning: {w}")
+                progress(f"      warning: {w}")
         if "memory" in plan.workloads:
             held, _ = await traced_bytes(_async(assign.plain_pydantic, docs))
             extras.setdefault("pydantic_mem_bytes_per_doc", {})[str(n)] = held / n
