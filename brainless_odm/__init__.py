@@ -12,6 +12,7 @@ from .document import Document
 from .exceptions import (
     BrainlessError,
     BucketNotFound,
+    ConnectionClosed,
     ConnectionLost,
     DatabaseError,
     DefinitionError,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrainlessError",
     "BucketNotFound",
+    "ConnectionClosed",
     "ConnectionLost",
     "Database",
     "DatabaseError",

@@ -13,6 +13,7 @@
     ├── FlushError               some documents could not be written; .failures says which and why
     └── StoreError               the storage backend failed (driver errors chained as __cause__)
         ├── ConnectionLost       the server is unreachable now (transient, retried by the engine)
+        ├── ConnectionClosed     the client connection was closed by its owner (not retried)
         ├── BucketNotFound       a collection's bucket is gone (deleted by an operator?)
         ├── PayloadTooLarge      a document encodes to more bytes than the server accepts
         └── InvalidKey           a key that the store cannot hold
@@ -27,6 +28,7 @@ from typing import Any
 __all__ = [
     "BrainlessError",
     "BucketNotFound",
+    "ConnectionClosed",
     "ConnectionLost",
     "DatabaseError",
     "DefinitionError",
@@ -104,6 +106,10 @@ class StoreError(BrainlessError):
 
 class ConnectionLost(StoreError):
     """The server is unreachable right now; the engine keeps changes and retries."""
+
+
+class ConnectionClosed(StoreError):
+    """The NATS connection was closed by its owner; nothing more can be written through it."""
 
 
 class BucketNotFound(StoreError):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .. import codec
 from ..document import Document
 from ..exceptions import (
+    ConnectionClosed,
     ConnectionLost,
     DatabaseError,
     StoreError,
@@ -290,9 +291,12 @@ class Collection(Generic[D]):
                             "%s: applying revision %d of %s failed", self.name, entry.revision, entry.key
                         )
                 log.warning("%s: the watch ended (bucket deleted?); restarting it", self.name)
-            except StoreError as exc:
+            except ConnectionClosed as err:
+                log.error("%s: watch stopped: %s", self.name, err)
+                return
+            except StoreError as err:
                 log.warning(
-                    "%s: watch interrupted (%s); resuming after revision %d", self.name, exc, self.applied
+                    "%s: watch interrupted (%s); resuming after revision %d", self.name, err, self.applied
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

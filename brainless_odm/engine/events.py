@@ -86,7 +86,12 @@ class Listeners:
         if not task.cancelled() and task.exception() is not None:
             log.error("event callback failed", exc_info=task.exception())
 
-    async def drain(self) -> None:
-        """Wait for the async callbacks still running."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait for the async callbacks still running; cancel those still running after ``timeout``
+        (a callback stuck forever must not make ``Database.stop()`` hang)."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+        for task in pending:
+            log.warning("event callback still running after %.1fs at stop: cancelled", timeout)
+            task.cancel()

@@ -37,6 +37,7 @@ from nats.aio.subscription import Subscription
 
 from brainless_odm.exceptions import (
     BucketNotFound,
+    ConnectionClosed,
     ConnectionLost,
     InvalidKey,
     PayloadTooLarge,
@@ -134,8 +135,22 @@ class _ApiError(StoreError):
         super().__init__(f"JetStream API {subject}: {description} (code {code}, err_code {err_code})")
 
 
-def _lost(what: str, exc: BaseException) -> ConnectionLost:
-    err = ConnectionLost(f"{what}: NATS server unreachable ({type(exc).__name__})")
+def _disconnected(nc: Client, what: str) -> ConnectionLost | ConnectionClosed:
+    if nc.is_closed:
+        # Closed by its owner: it never comes back, so this is not retried.
+        return ConnectionClosed(
+            f"{what}: the NATS connection is closed (stop the Database before closing its connection)"
+        )
+    return ConnectionLost(f"{what}: not connected to NATS")
+
+
+def _lost(what: str, exc: BaseException) -> ConnectionLost | ConnectionClosed:
+    err: ConnectionLost | ConnectionClosed
+    if isinstance(exc, nats.errors.ConnectionClosedError):
+        # Closed by its owner, not by the network: it never comes back, so it is not retried.
+        err = ConnectionClosed(f"{what}: the NATS connection is closed")
+    else:
+        err = ConnectionLost(f"{what}: NATS server unreachable ({type(exc).__name__})")
     err.__cause__ = exc
     return err
 
@@ -144,7 +159,7 @@ async def _api(nc: Client, subject: str, payload: dict[str, Any] | None, timeout
     """One JetStream API request; transport failures become ``ConnectionLost``, API errors ``_ApiError``."""
     if not nc.is_connected:
         # nats-py would buffer the request until a reconnect and we would sit out the timeout.
-        raise ConnectionLost(f"{subject}: not connected to NATS")
+        raise _disconnected(nc, subject)
     try:
         msg = await nc.request(
             subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout
@@ -668,7 +683,7 @@ class NatsBucket:
         subject = self._subject(key)
         if self._direct:
             if not self._nc.is_connected:
-                raise ConnectionLost(f"get {self._name}/{key}: not connected to NATS")
+                raise _disconnected(self._nc, f"get {self._name}/{key}")
             try:
                 msg = await self._nc.request(
                     f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", self._timeout
@@ -776,7 +791,7 @@ class NatsBucket:
             return []
         try:
             await self._ensure_ack_sub()
-        except ConnectionLost as e:
+        except (ConnectionLost, ConnectionClosed) as e:
             return [e] * len(ops)
         nc = self._nc
         loop = asyncio.get_running_loop()
@@ -813,7 +828,7 @@ class NatsBucket:
                 if not nc.is_connected:
                     # nats-py would buffer the publish until a reconnect and we would wait the full
                     # timeout for an ack; fail now, the engine retries (with the same msg_id).
-                    results[i] = ConnectionLost(f"{self._name}/{op.key}: not connected to NATS")
+                    results[i] = _disconnected(nc, f"{self._name}/{op.key}")
                     continue
                 headers: dict[str, str] = {}
                 if op.msg_id is not None:

@@ -20,7 +20,8 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import ValidationError
 from sync_helpers import Call, Caller, DbFactory, QueueItem, dumps, eventually
 
-from brainless_odm import BucketNotFound, Database, FlushError, PayloadTooLarge
+from brainless_odm import BucketNotFound, ConnectionClosed, Database, FlushError, PayloadTooLarge
+from brainless_odm.store.nats import connect
 
 pytestmark = pytest.mark.integration
 
@@ -657,6 +658,20 @@ async def test_bucket_deleted_while_running_fails_flush_clearly(
     assert f"{brainless_namespace}-call" in str(info.value)
     with pytest.raises(FlushError):
         await asyncio.wait_for(a.stop(), 15)
+
+
+async def test_connection_closed_under_a_running_database_fails_flush_instead_of_hanging(
+    nats_url: str, brainless_namespace: str
+) -> None:
+    nc = await connect(nats_url)
+    db = await Database(nc, namespace=brainless_namespace, documents=[Call], flush_interval=3600).start()
+    objects(db).add(channel_id="c-1")
+    await nc.close()
+    with pytest.raises(FlushError) as info:
+        await asyncio.wait_for(db.flush(), 15)
+    assert all(isinstance(exc, ConnectionClosed) for _c, _k, exc in info.value.failures)
+    with pytest.raises(FlushError):
+        await asyncio.wait_for(db.stop(), 15)
 
 
 # -- latency ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import brainless_odm
 PUBLIC = [
     "BrainlessError",
     "BucketNotFound",
+    "ConnectionClosed",
     "ConnectionLost",
     "Database",
     "DatabaseError",
@@ -58,7 +59,8 @@ def test_every_public_name_is_importable() -> None:
 def test_errors_share_one_root() -> None:
     errors = [
         "DefinitionError", "DoesNotExist", "MultipleObjectsReturned", "UniqueViolation", "QueryError",
-        "NotBoundError", "DatabaseError", "FlushError", "StoreError", "ConnectionLost", "BucketNotFound",
+        "NotBoundError", "DatabaseError", "FlushError", "StoreError", "ConnectionLost", "ConnectionClosed",
+        "BucketNotFound",
         "PayloadTooLarge", "InvalidKey",
     ]  # fmt: skip
     for name in errors:
