@@ -39,7 +39,7 @@ _INDEX = Meta(extra={"brainlessdb_flags": BrainlessDBFeat.INDEX})
 _UNIQUE = Meta(extra={"brainlessdb_flags": BrainlessDBFeat.UNIQUE})
 
 
-class BenchCaller(BrainlessStruct):
+class BenchCaller(BrainlessStruct):  # type: ignore[misc]  # brainlessdb ships no type hints
     number: str = ""
     city: str | None = None
 

@@ -301,7 +301,7 @@ def to_json(
     cells: Sequence[Cell], extras: dict[str, Any], meta: dict[str, Any], target_items: Sequence[Target]
 ) -> dict[str, Any]:
     by_n = table_data(cells)
-    return _clean(
+    cleaned: dict[str, Any] = _clean(
         {
             "meta": meta,
             "results": {
@@ -316,6 +316,7 @@ def to_json(
             "targets": [t.__dict__ for t in target_items],
         }
     )
+    return cleaned
 
 
 METHOD = """\
