@@ -154,10 +154,7 @@ async def main(args: argparse.Namespace) -> int:
     summary, _targets = report.write_all(cells, extras, meta, out, REPO / "docs" if write_docs else None)
     print()
     print(summary)
-    print(
-        f"bench: results in {out}"
-        + (", docs/performance.md and docs/img/bench.png" if write_docs else "")
-    )
+    print(f"bench: results in {out}" + (", docs/performance.md and docs/img/bench.png" if write_docs else ""))
     print(f"bench: took {meta['seconds']:.0f} s")
     return 0
 
