@@ -20,9 +20,7 @@ an invalid one is undone and raises ``ValidationError``, leaving the document as
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from pydantic import BaseModel
@@ -38,11 +36,24 @@ Revert = Callable[[], None]
 class FieldLink:
     """Ties the containers of one field of one document to that document."""
 
-    __slots__ = ("doc", "field")
+    __slots__ = ("doc", "field", "models")
 
     def __init__(self, doc: Document, field: str) -> None:
         self.doc: Document | None = doc
         self.field = field
+        # Nested models registered to this link, by id. Holding them here keeps each id unique
+        # while it is registered (no weak references needed); cut() unregisters them.
+        self.models: dict[int, BaseModel] | None = None
+
+    def cut(self) -> None:
+        """The field was reassigned or its document left the database: stop reporting."""
+        self.doc = None
+        models = self.models
+        if models:
+            for key in models:
+                if _MODEL_LINKS.get(key) is self:
+                    del _MODEL_LINKS[key]
+            self.models = None
 
     def before(self) -> Any:
         """What local event callbacks need to see of the field before a change (usually nothing)."""
@@ -273,22 +284,33 @@ class TrackedSet(set[Any]):
         return (set, (set(self),))
 
 
-# Nested model instances held by stored documents: id(instance) -> (weakref to it, link). The weak
-# reference both checks that an id was not reused and drops the row when the instance dies.
-_MODEL_LINKS: dict[int, tuple[weakref.ref[BaseModel], FieldLink]] = {}
-
-
-def _forget(key: int, ref: weakref.ref[BaseModel]) -> None:
-    row = _MODEL_LINKS.get(key)
-    if row is not None and row[0] is ref:
-        del _MODEL_LINKS[key]
+# Nested model instances held by stored documents: id(instance) -> the link of their field. The
+# link holds the instance, so the id cannot be reused while the row exists.
+_MODEL_LINKS: dict[int, FieldLink] = {}
 
 
 def _link_of(model: BaseModel) -> FieldLink | None:
-    row = _MODEL_LINKS.get(id(model))
-    if row is None or row[0]() is not model:
-        return None
-    return row[1]
+    return _MODEL_LINKS.get(id(model))
+
+
+def _register(model: BaseModel, link: FieldLink) -> None:
+    key = id(model)
+    old = _MODEL_LINKS.get(key)
+    if old is not None and old is not link and old.models:
+        old.models.pop(key, None)
+    _MODEL_LINKS[key] = link
+    if link.models is None:
+        link.models = {}
+    link.models[key] = model
+
+
+def _unregister(model: Any, link: FieldLink) -> None:
+    """``model`` was replaced inside the field of ``link``: forget it."""
+    key = id(model)
+    if _MODEL_LINKS.get(key) is link:
+        del _MODEL_LINKS[key]
+        if link.models:
+            link.models.pop(key, None)
 
 
 def _is_model_type(t: type[Any]) -> bool:
@@ -321,8 +343,7 @@ def wrap(value: Any, link: FieldLink) -> Any:
             # One instance assigned to two fields or documents: each gets its own copy, or a
             # change through one would be reported to the other only.
             value = value.model_copy(deep=True)
-        key = id(value)
-        _MODEL_LINKS[key] = (weakref.ref(value, partial(_forget, key)), link)
+        _register(value, link)
         d = value.__dict__
         for name, v in d.items():
             tv = type(v)
@@ -348,8 +369,11 @@ def install_hook(model_cls: type[BaseModel]) -> None:
         # Held by a document: validate like the document's own fields do, whatever the nested
         # model's own config says, then keep tracking whatever container was assigned.
         snapshot = link.before()
+        old = self.__dict__.get(name)
         self.__pydantic_validator__.validate_assignment(self, name, value)
         new = self.__dict__[name]
+        if old is not new and _is_model_type(type(old)):
+            _unregister(old, link)
         if type(new) in _CONTAINERS or _is_model_type(type(new)):
             self.__dict__[name] = wrap(new, link)
         link.changed(None, snapshot)

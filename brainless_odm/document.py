@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 import typing
 import uuid as _uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Union
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from .engine.collection import Collection
 
-__all__ = ["KEY_PATTERN", "Document", "DocumentInfo"]
+__all__ = ["KEY_PATTERN", "Document", "DocumentInfo", "mark_dirty"]
 
 # What NATS KV accepts as a key (and therefore what a document uuid may be).
 KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
@@ -238,7 +238,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
 
     if TYPE_CHECKING:
         _odm_coll: Collection[Any] | None
-        _odm_dirty: set[str]
+        _odm_dirty: set[str] | frozenset[str]
         _odm_inflight: frozenset[str]
         _odm_rev: int
         _odm_links: dict[str, FieldLink] | None
@@ -288,7 +288,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
             d[name] = old  # keep the tracked original; an equal value is no change
             return
         if coll is None:
-            self._odm_dirty.add(name)
+            mark_dirty(self, (name,))
             return
         try:
             coll.assigned(self, name, old, new, before)
@@ -305,7 +305,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
             links = self._odm_links = {}
         old = links.get(name)
         if old is not None:
-            old.doc = None
+            old.cut()
         link = links[name] = FieldLink(self, name)
         d = self.__dict__
         d[name] = wrap(d[name], link)
@@ -313,7 +313,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
     def _odm_untrack(self) -> None:
         if self._odm_links:
             for link in self._odm_links.values():
-                link.doc = None
+                link.cut()
             self._odm_links = None
 
     def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None, before: Any = None) -> None:
@@ -327,7 +327,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
                 raise
         coll = self._odm_coll
         if coll is None:
-            self._odm_dirty.add(name)
+            mark_dirty(self, (name,))
         else:
             coll.touched(self, name, before)
 
@@ -354,9 +354,23 @@ class Document(BaseModel, metaclass=DocumentMeta):
         return coll.delete(self)
 
 
+_CLEAN: frozenset[str] = frozenset()
+_set_dirty = object.__setattr__
+
+
+def mark_dirty(doc: Document, names: Iterable[str]) -> None:
+    """Add ``names`` to the document's dirty fields. Clean documents share one empty frozenset
+    (most documents are clean most of the time: a set each would cost memory and GC time)."""
+    dirty = doc._odm_dirty
+    if type(dirty) is set:
+        dirty.update(names)
+    else:
+        _set_dirty(doc, "_odm_dirty", set(names))
+
+
 def _init_state(doc: Document) -> None:
     object.__setattr__(doc, "_odm_coll", None)
-    object.__setattr__(doc, "_odm_dirty", set())
+    object.__setattr__(doc, "_odm_dirty", _CLEAN)
     object.__setattr__(doc, "_odm_inflight", frozenset())
     object.__setattr__(doc, "_odm_rev", 0)
     object.__setattr__(doc, "_odm_links", None)

@@ -49,11 +49,21 @@ class Listeners:
                 found = True
         return found
 
+    # Asked on every assignment and every applied change: answer without a scan when, as is usual,
+    # nothing is registered.
     def wants_change(self, local: bool) -> bool:
-        return any(r.local or not local for r in self.change)
+        change = self.change
+        if not change:
+            return False
+        return not local or any(r.local for r in change)
 
     def wants_field(self, name: str, local: bool) -> bool:
-        return any(r.local or not local for r in self.fields.get(name, ()))
+        if not self.fields:
+            return False
+        regs = self.fields.get(name)
+        if not regs:
+            return False
+        return not local or any(r.local for r in regs)
 
     def fire_change(self, old: Any, new: Any, local: bool) -> None:
         for r in self.change:

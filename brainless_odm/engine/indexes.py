@@ -8,14 +8,12 @@ the sorted part give up: range lookups on that field then scan, and still answer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sortedcontainers import SortedList
 
 __all__ = ["FieldIndex"]
-
-_EMPTY: frozenset[str] = frozenset()
 
 
 class FieldIndex:
@@ -26,15 +24,21 @@ class FieldIndex:
     def __init__(self, field: str, *, unique: bool = False) -> None:
         self.field = field
         self.unique = unique
-        self.hash: dict[Any, set[str]] = {}
+        self.hash: dict[Any, str | set[str]] = {}
         self.sorted: SortedList | None = SortedList()
 
+    # A value held by one document maps to its key itself, by several to a set of keys: most
+    # indexed values (and every unique one) have one holder, and a set each costs ~200 bytes.
     def add(self, key: str, value: Any) -> None:
-        bucket = self.hash.get(value)
-        if bucket is None:
-            self.hash[value] = {key}
+        h = self.hash
+        held = h.get(value)
+        if held is None:
+            h[value] = key
+        elif isinstance(held, str):
+            if held != key:
+                h[value] = {held, key}
         else:
-            bucket.add(key)
+            held.add(key)
         if value is not None and self.sorted is not None:
             try:
                 self.sorted.add((value, key))
@@ -44,12 +48,16 @@ class FieldIndex:
     def bulk_load(self, pairs: Iterable[tuple[str, Any]]) -> None:
         """Index many (key, value) pairs at once (load): one sort instead of n inserts."""
         ordered: list[tuple[Any, str]] = []
+        h = self.hash
         for key, value in pairs:
-            bucket = self.hash.get(value)
-            if bucket is None:
-                self.hash[value] = {key}
+            held = h.get(value)
+            if held is None:
+                h[value] = key
+            elif isinstance(held, str):
+                if held != key:
+                    h[value] = {held, key}
             else:
-                bucket.add(key)
+                held.add(key)
             if value is not None:
                 ordered.append((value, key))
         if self.sorted is not None:
@@ -59,25 +67,36 @@ class FieldIndex:
                 self.sorted = None
 
     def remove(self, key: str, value: Any) -> None:
-        bucket = self.hash.get(value)
-        if bucket is not None:
-            bucket.discard(key)
-            if not bucket:
-                del self.hash[value]
+        h = self.hash
+        held = h.get(value)
+        if held is not None:
+            if isinstance(held, str):
+                if held == key:
+                    del h[value]
+            else:
+                held.discard(key)
+                if len(held) == 1:
+                    h[value] = next(iter(held))
+                elif not held:
+                    del h[value]
         if value is not None and self.sorted is not None:
             self.sorted.discard((value, key))
 
-    def holders(self, value: Any) -> set[str] | frozenset[str]:
+    def holders(self, value: Any) -> Collection[str]:
         """Keys whose value equals ``value``."""
         try:
-            return self.hash.get(value, _EMPTY)
+            held = self.hash.get(value)
         except TypeError:  # unhashable lookup value: nothing can equal it in a hash index
-            return _EMPTY
+            return ()
+        if held is None:
+            return ()
+        return (held,) if isinstance(held, str) else held
 
-    def range(
+    def bounds(
         self, lo: Any = None, hi: Any = None, *, lo_incl: bool = True, hi_incl: bool = True
-    ) -> Iterator[str] | None:
-        """Keys with ``lo <(=) value <(=) hi`` (either bound optional); ``None`` if it cannot tell."""
+    ) -> tuple[int, int] | None:
+        """Positions in the sorted index of ``lo <(=) value <(=) hi`` (either bound optional), so
+        the number of matches is known without materialising them; ``None`` if it cannot tell."""
         s = self.sorted
         if s is None:
             return None
@@ -92,7 +111,19 @@ class FieldIndex:
                 stop = s.bisect_right((hi, _MAX)) if hi_incl else s.bisect_left((hi,))
         except TypeError:
             return None
-        return (key for _, key in s.islice(start, stop)) if start < stop else iter(())
+        return start, max(start, stop)
+
+    def keys_between(self, start: int, stop: int) -> list[str]:
+        """Keys at sorted positions ``start:stop`` (from :meth:`bounds`)."""
+        assert self.sorted is not None
+        return [key for _, key in self.sorted.islice(start, stop)]
+
+    def range(
+        self, lo: Any = None, hi: Any = None, *, lo_incl: bool = True, hi_incl: bool = True
+    ) -> list[str] | None:
+        """Keys with ``lo <(=) value <(=) hi`` (either bound optional); ``None`` if it cannot tell."""
+        b = self.bounds(lo, hi, lo_incl=lo_incl, hi_incl=hi_incl)
+        return None if b is None else self.keys_between(*b)
 
     def clear(self) -> None:
         self.hash.clear()

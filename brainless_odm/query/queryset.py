@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..exceptions import QueryError, UniqueViolation
@@ -106,69 +105,79 @@ class QuerySet(Generic[D]):
         return self._clone(offset=n)
 
     # -- running -----------------------------------------------------------------------------------
-    def _candidates(self, coll: Collection[D]) -> Iterable[D]:
-        """The documents that can match: from the best index, or all of them."""
+    def _plan(self, coll: Collection[D]) -> tuple[list[D], Node | None]:
+        """The documents that can match (from the most selective index, or all of them) and what
+        is left to check on them: a condition the index answered exactly is not checked again."""
         node = self._node
-        conds: list[Cond] = []
-        if isinstance(node, Cond):
-            conds = [node]
-        elif isinstance(node, And):
-            stack: list[Node] = [node]
-            while stack:
-                n = stack.pop()
-                if isinstance(n, And):
-                    stack.extend(n.children)
-                elif isinstance(n, Cond):
-                    conds.append(n)
+        if node is None:
+            return list(coll.docs.values()), None
+        conjuncts: list[Node] = []
+        stack: list[Node] = [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, And):
+                stack.extend(reversed(n.children))
+            else:
+                conjuncts.append(n)
         best: Any = None
+        best_cond: Cond | None = None
         best_size = len(coll.docs)
-        for c in conds:
-            if len(c.path.names) != 1:
+        ranges: list[tuple[Cond, Any, int, int]] = []
+        indexes = coll.indexes
+        for c in conjuncts:
+            if not isinstance(c, Cond) or len(c.path.names) != 1:
                 continue
-            idx = coll.indexes.get(c.path.names[0])
+            idx = indexes.get(c.path.names[0])
             if idx is None:
                 continue
+            op = c.op
             keys: Any = None
-            if c.op == "exact":
+            if op == "exact":
                 keys = idx.holders(c.value)
-            elif c.op == "isnull" and c.value is True:
+            elif op == "isnull" and c.value is True:
                 keys = idx.holders(None)
-            elif c.op == "in":
-                keys = set().union(*(idx.holders(v) for v in c.value)) if c.value else set()
-            elif c.op in ("lt", "lte", "gt", "gte", "range"):
-                if c.op == "range":
-                    it = idx.range(c.value[0], c.value[1])
-                elif c.op in ("lt", "lte"):
-                    it = idx.range(None, c.value, hi_incl=c.op == "lte")
+            elif op == "in":
+                keys = set().union(*(idx.holders(v) for v in c.value)) if c.value else ()
+            elif op in ("lt", "lte", "gt", "gte", "range"):
+                if op == "range":
+                    bounds = idx.bounds(c.value[0], c.value[1])
+                elif op in ("lt", "lte"):
+                    bounds = idx.bounds(None, c.value, hi_incl=op == "lte")
                 else:
-                    it = idx.range(c.value, None, lo_incl=c.op == "gte")
-                if it is not None:
-                    keys = list(it)
+                    bounds = idx.bounds(c.value, None, lo_incl=op == "gte")
+                if bounds is not None:
+                    ranges.append((c, idx, *bounds))
+                continue
             if keys is not None and len(keys) < best_size:
-                best, best_size = keys, len(keys)
+                best, best_cond, best_size = keys, c, len(keys)
                 if best_size == 0:
                     break
+        # Ranges are counted from their bounds; only the winner's keys are materialised.
+        for c, idx, lo, hi in ranges:
+            if hi - lo < best_size:
+                best, best_cond, best_size = idx.keys_between(lo, hi), c, hi - lo
         docs = coll.docs
         if best is None:
-            return list(docs.values())
-        return [docs[k] for k in best if k in docs]
+            return list(docs.values()), node
+        found = [docs[k] for k in best if k in docs]
+        rest = [n for n in conjuncts if n is not best_cond]
+        if not rest:
+            return found, None
+        return found, rest[0] if len(rest) == 1 else And(tuple(rest))
 
     def _run(self) -> list[D]:
         coll = self._manager.collection()
-        docs = self._candidates(coll)
-        if self._node is not None:
-            pred = self._node.predicate()
+        docs, rest = self._plan(coll)
+        if rest is not None:
+            pred = rest.predicate()
             docs = [d for d in docs if pred(d)]
-        elif not isinstance(docs, list):
-            docs = list(docs)
         if self._order:
-            docs = list(docs)
             for get, desc, _ in reversed(self._order):
                 docs.sort(key=_sort_key(get), reverse=desc)
         start = self._offset
         stop = None if self._limit is None else start + self._limit
         if start or stop is not None:
-            return list(itertools.islice(docs, start, stop))
+            return docs[start:stop]
         return docs
 
     def __await__(self) -> Generator[Any, None, list[D]]:
@@ -238,9 +247,9 @@ class QuerySet(Generic[D]):
                 keys = {d.uuid for d in docs}
                 if len(docs) > 1:
                     raise UniqueViolation(coll.name, name, v)
-                holders = coll.indexes[name].holders(v)
-                if holders - keys:
-                    raise UniqueViolation(coll.name, name, v, next(iter(holders - keys)))
+                others = set(coll.indexes[name].holders(v)) - keys
+                if others:
+                    raise UniqueViolation(coll.name, name, v, next(iter(others)))
         for doc in docs:
             for name, value in values.items():
                 setattr(doc, name, value)
