@@ -4,6 +4,10 @@ A hash index (value → set of keys) answers equality and ``in``; a sorted list 
 ``lt``/``lte``/``gt``/``gte``/``range``. ``None`` is kept in the hash index only (it has no order).
 Values that cannot be ordered against the others (a field typed ``int | str`` holding both) make
 the sorted part give up: range lookups on that field then scan, and still answer correctly.
+
+The sorted part is built on the first range lookup of its field and maintained from then on: most
+indexed fields are only ever compared for equality, and for them it would cost memory (a tuple per
+document) and time on every add and load for nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +23,30 @@ __all__ = ["FieldIndex"]
 class FieldIndex:
     """Hash + sorted index of one field."""
 
-    __slots__ = ("field", "hash", "sorted", "unique")
+    __slots__ = ("field", "hash", "orderable", "sorted", "unique")
 
     def __init__(self, field: str, *, unique: bool = False) -> None:
         self.field = field
         self.unique = unique
         self.hash: dict[Any, str | set[str]] = {}
-        self.sorted: SortedList | None = SortedList()
+        self.sorted: SortedList | None = None  # built on the first range lookup
+        self.orderable = True  # False once values turned out not to be mutually comparable
+
+    def _build_sorted(self) -> SortedList | None:
+        pairs: list[tuple[Any, str]] = []
+        for value, held in self.hash.items():
+            if value is None:
+                continue
+            if isinstance(held, str):
+                pairs.append((value, held))
+            else:
+                pairs.extend((value, k) for k in held)
+        try:
+            self.sorted = SortedList(pairs)
+        except TypeError:
+            self.orderable = False
+            self.sorted = None
+        return self.sorted
 
     # A value held by one document maps to its key itself, by several to a set of keys: most
     # indexed values (and every unique one) have one holder, and a set each costs ~200 bytes.
@@ -44,6 +65,7 @@ class FieldIndex:
                 self.sorted.add((value, key))
             except TypeError:
                 self.sorted = None  # mixed, unorderable values: range lookups fall back to a scan
+                self.orderable = False
 
     def bulk_load(self, pairs: Iterable[tuple[str, Any]]) -> None:
         """Index many (key, value) pairs at once (load): one sort instead of n inserts."""
@@ -58,13 +80,14 @@ class FieldIndex:
                     h[value] = {held, key}
             else:
                 held.add(key)
-            if value is not None:
+            if value is not None and self.sorted is not None:
                 ordered.append((value, key))
         if self.sorted is not None:
             try:
                 self.sorted.update(ordered)
             except TypeError:
                 self.sorted = None
+                self.orderable = False
 
     def remove(self, key: str, value: Any) -> None:
         h = self.hash
@@ -99,7 +122,11 @@ class FieldIndex:
         the number of matches is known without materialising them; ``None`` if it cannot tell."""
         s = self.sorted
         if s is None:
-            return None
+            if not self.orderable:
+                return None
+            s = self._build_sorted()
+            if s is None:
+                return None
         try:
             if lo is None:
                 start = 0
@@ -127,7 +154,8 @@ class FieldIndex:
 
     def clear(self) -> None:
         self.hash.clear()
-        self.sorted = SortedList()
+        self.sorted = None
+        self.orderable = True
 
 
 class _Max:

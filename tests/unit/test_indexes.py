@@ -291,3 +291,37 @@ async def test_collection_indexes_structure(db: Database) -> None:
     assert set(coll.indexes) == {"channel_id", "queue_id", "state"}
     assert coll.indexes["channel_id"].unique
     assert not coll.indexes["queue_id"].unique
+
+
+class Mixed(Base):
+    code: Annotated[int | str, Indexed()] = 0
+
+
+async def test_sorted_index_is_built_by_the_first_range_lookup_and_then_follows_changes(db: Database) -> None:
+    objects = Call.objects.using(db)
+    idx = db.collection(Call).indexes["queue_id"]
+    assert idx.sorted is None  # equality-only use never pays for the sorted part
+    assert await objects.filter(queue_id=3).count() == 20
+    assert idx.sorted is None
+    assert keys(await objects.filter(queue_id__gte=8)) == ref(db, lambda c: c.queue_id >= 8)
+    assert idx.sorted is not None
+    first = await objects.get(channel_id="ch-0")
+    first.queue_id = 9
+    await (await objects.get(channel_id="ch-1")).delete()
+    objects.add(channel_id="new", queue_id=8)
+    for lookup, pred in [
+        ({"queue_id__gte": 8}, lambda c: c.queue_id >= 8),
+        ({"queue_id__lt": 1}, lambda c: c.queue_id < 1),
+        ({"queue_id__range": (2, 3)}, lambda c: 2 <= c.queue_id <= 3),
+    ]:
+        assert keys(await objects.filter(**lookup)) == ref(db, pred), lookup
+
+
+async def test_range_on_values_that_do_not_order_falls_back_to_a_scan(make_db: DbFactory) -> None:
+    db = await make_db(Mixed)
+    objects = Mixed.objects.using(db)
+    for code in (1, "a", 3, "b"):
+        objects.add(code=code)
+    assert [d.code for d in await objects.filter(code__gt=1)] == [3]
+    assert [d.code for d in await objects.filter(code__gte="a")] == ["a", "b"]
+    assert db.collection(Mixed).indexes["code"].orderable is False
