@@ -10,7 +10,6 @@ import logging
 import re
 import secrets
 import time
-import uuid as _uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +37,9 @@ D = TypeVar("D", bound=Document)
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 DEAD_LETTERS = "_dead_letters"
+
+# 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
+_UUID_EPOCH = 0x01B21DD213814000
 
 # Started databases by document class, in start order: the first one is the default binding.
 _bound: dict[type[Document], list[Database]] = {}
@@ -120,6 +122,9 @@ class Database:
         self._collections: dict[type[Document], Collection[Any]] = {}
         self._state = "new"
         self._node = _node_from_location(location)
+        self._uuid_ts = 0
+        clock_seq = secrets.randbits(14) | 0x8000  # RFC 4122 variant bits
+        self._uuid_tail = f"{clock_seq:04x}-{self._node:012x}"
         self.node_id = secrets.token_hex(4)
         self._flush_lock = asyncio.Lock()
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -269,7 +274,20 @@ class Database:
         return list(self._collections)
 
     def new_uuid(self) -> str:
-        return str(_uuid.uuid1(node=self._node))
+        """A UUID1 (RFC 4122) whose node is this database's location hash.
+
+        Built directly rather than with ``uuid.uuid1``, which is 4x slower and draws a new random
+        clock sequence per call: here the 100 ns timestamp never repeats within a database (it is
+        bumped past the last one), and the clock sequence is random per database, so two processes at
+        one location would also need the same tick to collide."""
+        ts = time.time_ns() // 100 + _UUID_EPOCH
+        if ts <= self._uuid_ts:
+            ts = self._uuid_ts + 1
+        self._uuid_ts = ts
+        return (
+            f"{ts & 0xFFFFFFFF:08x}-{(ts >> 32) & 0xFFFF:04x}-{((ts >> 48) & 0x0FFF) | 0x1000:04x}-"
+            f"{self._uuid_tail}"
+        )
 
     def background(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)
