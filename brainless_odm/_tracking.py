@@ -28,7 +28,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from .document import Document
 
-__all__ = ["FieldLink", "TrackedDict", "TrackedList", "TrackedSet", "install_hook", "wrap"]
+__all__ = ["FieldLink", "TrackedDict", "TrackedList", "TrackedSet", "cut_link", "install_hook", "wrap"]
 
 Revert = Callable[[], None]
 
@@ -291,6 +291,17 @@ _MODEL_LINKS: dict[int, FieldLink] = {}
 
 def _link_of(model: BaseModel) -> FieldLink | None:
     return _MODEL_LINKS.get(id(model))
+
+
+def cut_link(value: Any) -> None:
+    """Cut the link of a field value (a tracked container or nested model) from its document."""
+    t = type(value)
+    if t is TrackedList or t is TrackedDict or t is TrackedSet:
+        value._link.cut()
+    elif t not in _SCALARS and _is_model_type(t):
+        link = _MODEL_LINKS.get(id(value))
+        if link is not None:
+            link.cut()
 
 
 def _register(model: BaseModel, link: FieldLink) -> None:

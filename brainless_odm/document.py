@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from . import exceptions
 from ._compat import ModelMetaclass
-from ._tracking import FieldLink, install_hook, wrap
+from ._tracking import FieldLink, cut_link, install_hook, wrap
 from .config import CollectionOptions, collection_options
 from .exceptions import DatabaseError, DefinitionError
 from .fields import Indexed, Unique
@@ -37,7 +37,7 @@ __all__ = ["KEY_PATTERN", "Document", "DocumentInfo", "mark_dirty"]
 # What NATS KV accepts as a key (and therefore what a document uuid may be).
 KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
 RESERVED = frozenset({"uuid", "objects", "dirty_fields", "is_dirty", "delete"})
-_SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_rev", "_odm_links")
+_SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_rev")
 _IMMUTABLE_SCALARS: frozenset[Any] = frozenset({str, int, float, bool, bytes, type(None), _uuid.UUID})
 
 
@@ -241,7 +241,6 @@ class Document(BaseModel, metaclass=DocumentMeta):
         _odm_dirty: set[str] | frozenset[str]
         _odm_inflight: frozenset[str]
         _odm_rev: int
-        _odm_links: dict[str, FieldLink] | None
 
     def model_post_init(self, context: Any, /) -> None:
         _init_state(self)
@@ -293,28 +292,24 @@ class Document(BaseModel, metaclass=DocumentMeta):
         try:
             coll.assigned(self, name, old, new, before)
         except BaseException:
-            d[name] = old
-            if name in info.tracked:
-                self._odm_track(name)
+            # Refused before anything was tracked or indexed (a unique violation): the old value,
+            # still linked, goes back; whatever the new one was linked to is cut.
+            cut_link(self.__dict__[name])
+            self.__dict__[name] = old
             raise
 
-    def _odm_track(self, name: str) -> None:
-        """(Re)link the containers of field ``name`` to this document; cut the old link."""
-        links = self._odm_links
-        if links is None:
-            links = self._odm_links = {}
-        old = links.get(name)
-        if old is not None:
-            old.cut()
-        link = links[name] = FieldLink(self, name)
+    def _odm_track(self, name: str, replaced: Any = None) -> None:
+        """Link the containers of field ``name`` to this document; cut the link of the value it
+        ``replaced`` (the link lives in the containers themselves: no per-document table)."""
+        if replaced is not None:
+            cut_link(replaced)
         d = self.__dict__
-        d[name] = wrap(d[name], link)
+        d[name] = wrap(d[name], FieldLink(self, name))
 
     def _odm_untrack(self) -> None:
-        if self._odm_links:
-            for link in self._odm_links.values():
-                link.cut()
-            self._odm_links = None
+        d = self.__dict__
+        for name in type(self).__odm__.tracked:
+            cut_link(d[name])
 
     def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None, before: Any = None) -> None:
         if revert is not None:
@@ -373,4 +368,3 @@ def _init_state(doc: Document) -> None:
     object.__setattr__(doc, "_odm_dirty", _CLEAN)
     object.__setattr__(doc, "_odm_inflight", frozenset())
     object.__setattr__(doc, "_odm_rev", 0)
-    object.__setattr__(doc, "_odm_links", None)

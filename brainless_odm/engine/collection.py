@@ -212,7 +212,7 @@ class Collection(Generic[D]):
             idx.remove(key, old)
             idx.add(key, new)
         if name in self.info.tracked:
-            doc._odm_track(name)
+            doc._odm_track(name, old)
         mark_dirty(doc, (name,))
         self._changed(key)
         self._fire_field(doc, name, old, new, True)
@@ -391,7 +391,7 @@ class Collection(Generic[D]):
                 idx.remove(key, old)
                 idx.add(key, new)
             if name in self.info.tracked:
-                doc._odm_track(name)
+                doc._odm_track(name, old)
             changes.append((name, old, new))
         _slot_rev(doc, revision)
         for name, old, new in changes:
