@@ -8,6 +8,7 @@ lives in the engine's ``Collection`` the document is attached to (``_odm_coll``)
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 import uuid as _uuid
@@ -305,6 +306,26 @@ class Document(BaseModel, metaclass=DocumentMeta):
             cut_link(replaced)
         d = self.__dict__
         d[name] = wrap(d[name], FieldLink(self, name))
+
+    def _odm_snapshot(self) -> Self:
+        """A detached copy of this document as it is now, for event callbacks' ``old``.
+
+        Only the fields that can change in place are deep-copied (as plain lists/dicts/models);
+        scalars are immutable and shared. ``model_copy(deep=True)`` deep-copies everything and
+        was most of the cost of applying a change when an ``on_change`` callback was registered."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        d = dict(self.__dict__)
+        for name in cls.__odm__.tracked:
+            v = d[name]
+            if v is not None:
+                d[name] = copy.deepcopy(v)
+        object.__setattr__(new, "__dict__", d)
+        object.__setattr__(new, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        object.__setattr__(new, "__pydantic_extra__", copy.copy(self.__pydantic_extra__))
+        object.__setattr__(new, "__pydantic_private__", copy.copy(self.__pydantic_private__))
+        _init_state(new)
+        return new
 
     def _odm_untrack(self) -> None:
         d = self.__dict__

@@ -128,7 +128,7 @@ class Collection(Generic[D]):
 
     def snapshot_for_events(self, doc: D) -> D | None:
         """A copy of ``doc`` before a local change, if a local on_change callback will want it."""
-        return doc.model_copy(deep=True) if self._wants_change(True) else None
+        return doc._odm_snapshot() if self._wants_change(True) else None
 
     # -- local changes -----------------------------------------------------------------------------
     def _check_unique(self, key: str | None, values: dict[str, Any]) -> None:
@@ -227,7 +227,7 @@ class Collection(Generic[D]):
         if not wants_field and not wants_change:
             return None
         old_value = copy.deepcopy(doc.__dict__[name]) if wants_field else None
-        return old_value, doc.model_copy(deep=True) if wants_change else None
+        return old_value, doc._odm_snapshot() if wants_change else None
 
     def touched(self, doc: D, name: str, before: tuple[Any, D | None] | None = None) -> None:
         """A container or nested model inside ``doc.name`` changed in place."""
@@ -370,7 +370,7 @@ class Collection(Generic[D]):
         protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
         key = doc.uuid
         assert key is not None
-        before = doc.model_copy(deep=True) if self._wants_change(False) else None
+        before = doc._odm_snapshot() if self._wants_change(False) else None
         d = doc.__dict__
         rd = remote.__dict__
         changes: list[tuple[str, Any, Any]] = []
