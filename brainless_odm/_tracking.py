@@ -43,14 +43,15 @@ class FieldLink:
         self.field = field
         # Nested models registered to this link, by id. Holding them here keeps each id unique
         # while it is registered (no weak references needed); cut() unregisters them.
-        self.models: dict[int, BaseModel] | None = None
+        self.models: list[BaseModel] | None = None
 
     def cut(self) -> None:
         """The field was reassigned or its document left the database: stop reporting."""
         self.doc = None
         models = self.models
         if models:
-            for key in models:
+            for model in models:
+                key = id(model)
                 if _MODEL_LINKS.get(key) is self:
                     del _MODEL_LINKS[key]
             self.models = None
@@ -307,12 +308,25 @@ def cut_link(value: Any) -> None:
 def _register(model: BaseModel, link: FieldLink) -> None:
     key = id(model)
     old = _MODEL_LINKS.get(key)
-    if old is not None and old is not link and old.models:
-        old.models.pop(key, None)
+    if old is link:
+        return
+    if old is not None:
+        _forget(old, model)
     _MODEL_LINKS[key] = link
+    # A list, not a dict: a field usually holds one nested model, and a dict costs 160 bytes more.
     if link.models is None:
-        link.models = {}
-    link.models[key] = model
+        link.models = [model]
+    else:
+        link.models.append(model)
+
+
+def _forget(link: FieldLink, model: BaseModel) -> None:
+    models = link.models
+    if models:
+        for i, m in enumerate(models):
+            if m is model:
+                del models[i]
+                break
 
 
 def _unregister(model: Any, link: FieldLink) -> None:
@@ -320,8 +334,7 @@ def _unregister(model: Any, link: FieldLink) -> None:
     key = id(model)
     if _MODEL_LINKS.get(key) is link:
         del _MODEL_LINKS[key]
-        if link.models:
-            link.models.pop(key, None)
+        _forget(link, model)
 
 
 def _is_model_type(t: type[Any]) -> bool:

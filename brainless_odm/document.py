@@ -387,5 +387,5 @@ def mark_dirty(doc: Document, names: Iterable[str]) -> None:
 def _init_state(doc: Document) -> None:
     object.__setattr__(doc, "_odm_coll", None)
     object.__setattr__(doc, "_odm_dirty", _CLEAN)
-    object.__setattr__(doc, "_odm_inflight", frozenset())
+    object.__setattr__(doc, "_odm_inflight", _CLEAN)  # shared: frozenset() is a new object each time
     object.__setattr__(doc, "_odm_rev", 0)
