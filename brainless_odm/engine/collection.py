@@ -106,6 +106,7 @@ class Collection(Generic[D]):
         self._write_ids = itertools.count(1)
         self.poison: list[tuple[Entry, Exception]] = []  # entries load could not decode
         self.inflight_ids: dict[str, str] = {}  # key -> write id of the put under way
+        self.restoring: dict[str, frozenset[str]] = {}  # key -> fields dirty only to undo poison
 
     # -- events ------------------------------------------------------------------------------------
     def _wants_change(self, local: bool) -> bool:
@@ -336,16 +337,26 @@ class Collection(Generic[D]):
                 return  # older than what we have, or our own write already acknowledged
             write_id = self.inflight_ids.get(key)
             if write_id is not None and codec.written_with(entry.value, write_id):
-                _slot_rev(doc, entry.revision)  # the echo of our write in flight: nothing new in it
+                # The echo of our write in flight: it landed, at this revision. That is as good as
+                # its ack, so its fields stop being protected now: a write on top of it (the next
+                # entry) must be applied, or we would keep our value while everyone has the later one.
+                del self.inflight_ids[key]
+                _slot_rev(doc, entry.revision)
+                _slot_inflight(doc, _NONE)
                 return
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
             if doc is not None:
                 # It replaced a document we hold: the last good version goes back over it (a CAS
-                # on the unreadable revision), so the document survives on every node.
+                # on the unreadable revision), so the document survives on every node. Fields
+                # marked only for that are remembered: if another node's restore (or any readable
+                # version) lands first, they are not real edits and must not overwrite it.
+                edited = doc._odm_dirty | doc._odm_inflight
+                restore_only = frozenset(f for f in self.info.data_fields if f not in edited)
                 _slot_rev(doc, entry.revision)
-                mark_dirty(doc, self.info.data_fields)
+                mark_dirty(doc, restore_only)
+                self.restoring[key] = restore_only
                 self._changed(key)
             task = asyncio.ensure_future(self.db.dead_letter(self, entry, exc, remove=doc is None))
             self.db.background(task)
@@ -356,9 +367,14 @@ class Collection(Generic[D]):
             if self._wants_change(False):
                 self._fire_change(None, remote, False)
             return
+        if doc._odm_rev == 0:
+            # Added here, not yet written, and the same uuid was created elsewhere: what we add
+            # is a change of every field, written over theirs (as on a conflict, see _resolve).
+            mark_dirty(doc, self.info.data_fields)
         self._merge(doc, remote, entry.revision)
 
     def _remote_delete(self, key: str, doc: D) -> None:
+        self.restoring.pop(key, None)
         self._detach(key, doc)
         self.pending.pop(key, None)
         self.failed.pop(key, None)
@@ -367,6 +383,9 @@ class Collection(Generic[D]):
 
     def _merge(self, doc: D, remote: D, revision: int) -> None:
         """Take ``remote``'s values for every field not changed here; rebase on ``revision``."""
+        restore_only = self.restoring.pop(remote.uuid or "", None)
+        if restore_only and type(doc._odm_dirty) is set:
+            doc._odm_dirty.difference_update(restore_only)
         protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
         key = doc.uuid
         assert key is not None
@@ -431,6 +450,8 @@ class Collection(Generic[D]):
                 if isinstance(entry, BaseException):
                     out.transient = True
                     continue
+                if self.docs.get(op.key) is not doc:
+                    continue  # deleted (or replaced) while we were asking: nothing to rebase
                 self._resolve(op, doc, entry)
         return out
 
@@ -499,6 +520,7 @@ class Collection(Generic[D]):
                     continue
                 self.unknown.pop(key, None)
                 self.base.pop(key, None)
+                self.restoring.pop(key, None)
                 if self.docs.get(key) is doc:
                     if res > doc._odm_rev:
                         _slot_rev(doc, res)
@@ -542,6 +564,8 @@ class Collection(Generic[D]):
     def _resolve(self, op: WriteOp, doc: D, entry: Entry | None) -> None:
         """After a CAS conflict: rebase ``doc`` on the latest stored version of its key."""
         key = op.key
+        if entry is not None and doc._odm_rev and entry.revision <= doc._odm_rev:
+            return  # the watch already brought this or newer: retry on what we have
         if entry is None or entry.operation is not Operation.PUT:
             marker = entry.revision if entry is not None else 0
             if doc._odm_rev == 0:
@@ -554,6 +578,7 @@ class Collection(Generic[D]):
         if meta.get("w") in ours:
             # Our own write landed after all; its fields are stored. Anything dirty since still is.
             self.unknown.pop(key, None)
+            self.restoring.pop(key, None)
             _slot_rev(doc, max(doc._odm_rev, entry.revision))
             return
         if doc._odm_rev == 0:

@@ -102,11 +102,6 @@ async def settle() -> None:
 # -- bugs ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the echo of our in-flight write does not end the protection of its fields; a newer "
-    "remote write of the same field (based on ours) is then skipped and the nodes diverge for good",
-)
 async def test_same_field_written_on_top_of_our_unacked_write_converges(nodes: Nodes) -> None:
     a, b, store = nodes
     doc, remote = await shared(a, b)
@@ -132,11 +127,6 @@ async def test_same_field_written_on_top_of_our_unacked_write_converges(nodes: N
     await wait_for(lambda: doc.state == "b", timeout=0.5, what="a to converge on b's value")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a conflict is resolved with a `get` result after the watch already removed the "
-    "document (remote delete): _merge writes into the detached document's index entries",
-)
 async def test_conflict_resolved_after_remote_delete_leaves_no_index_entry(nodes: Nodes) -> None:
     a, b, _ = nodes
     doc, remote = await shared(a, b)
@@ -168,11 +158,6 @@ async def test_conflict_resolved_after_remote_delete_leaves_no_index_entry(nodes
     assert tuple(coll.indexes["team"].holders("t1")) == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a remote create of the same uuid, arriving by the watch before our unflushed add is "
-    "written, overwrites every field of our document (a rev-0 document protects nothing in _merge)",
-)
 async def test_unflushed_add_of_same_uuid_is_not_overwritten_by_watch(nodes: Nodes) -> None:
     a, b, store = nodes
     mine = Ticket.objects.using(a).add(Ticket(uuid="same-key", note="from a", priority=1))
@@ -374,12 +359,6 @@ async def test_flush_covers_change_made_while_background_flush_runs(make_db: DbF
     assert ticket.note == "later"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: every node holding a document restores it over an undecodable revision with ALL "
-    "fields marked dirty; the restores after the first one merge-conflict and overwrite every field, "
-    "erasing edits acknowledged by another node's flush()",
-)
 async def test_poison_entry_restore_does_not_erase_acknowledged_edit(nodes: Nodes) -> None:
     a, b, store = nodes
     doc, _remote = await shared(a, b, note="good")
