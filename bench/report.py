@@ -352,6 +352,10 @@ pair in the same run) are what to compare.
 """
 
 
+#: Hand-written: why the targets that fail do, from the profiles (kept across regenerations).
+ANALYSIS = Path(__file__).with_name("analysis.md")
+
+
 def performance_md(
     by_n: dict[int, dict[str, Cell]],
     extras: dict[str, Any],
@@ -383,6 +387,8 @@ def performance_md(
         f"Checked at N = {meta['target_n']:,} (linearity at the largest N).",
         "",
         targets_table(target_items),
+        "",
+        ANALYSIS.read_text().strip() if ANALYSIS.exists() else "",
         "",
         "## Results",
         "",
