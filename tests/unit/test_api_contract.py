@@ -81,7 +81,8 @@ async def test_document_validation_uuid_and_dirtiness() -> None:
             call.priority = "high"  # type: ignore[assignment]
         assert call.priority == 0
         stored = Call.objects.add(call)
-        assert stored is call and call.uuid is not None
+        assert stored is call
+        assert call.uuid is not None
         assert call.dirty_fields == frozenset(Call.__odm__.data_fields)  # added, not yet flushed
         await db.flush()
         assert not call.is_dirty
@@ -126,10 +127,13 @@ async def test_manager() -> None:
         assert objects[a.uuid] is a  # type: ignore[index]
         with pytest.raises(KeyError):
             objects["nope"]
-        assert a.uuid in objects and a in objects
+        assert a.uuid in objects
+        assert a in objects
         del objects[a]
-        assert objects.delete(b) is True and objects.delete(b) is False
-        assert len(objects) == 2 and {d.channel_id for d in objects} == {"c", "n1"}
+        assert objects.delete(b) is True
+        assert objects.delete(b) is False
+        assert len(objects) == 2
+        assert {d.channel_id for d in objects} == {"c", "n1"}
 
 
 async def test_queryset_and_lookups() -> None:
@@ -176,7 +180,8 @@ async def test_queryset_and_lookups() -> None:
         assert await objects.exclude(state="a").count() == 1
         assert await objects.filter(state="a").exists()
         first = await objects.order_by("priority").first()
-        assert first is not None and first.channel_id == "a"
+        assert first is not None
+        assert first.channel_id == "a"
         with pytest.raises(ValidationError):
             await objects.filter(state="a").update(priority="high")
         assert {d.priority for d in await objects.filter(state="a")} == {1, 5}  # none changed
