@@ -50,7 +50,7 @@ class FieldIndex:
 
     # A value held by one document maps to its key itself, by several to a set of keys: most
     # indexed values (and every unique one) have one holder, and a set each costs ~200 bytes.
-    def add(self, key: str, value: Any) -> None:
+    def _hash_add(self, key: str, value: Any) -> None:
         h = self.hash
         held = h.get(value)
         if held is None:
@@ -60,6 +60,9 @@ class FieldIndex:
                 h[value] = {held, key}
         else:
             held.add(key)
+
+    def add(self, key: str, value: Any) -> None:
+        self._hash_add(key, value)
         if value is not None and self.sorted is not None:
             try:
                 self.sorted.add((value, key))
@@ -70,19 +73,11 @@ class FieldIndex:
     def bulk_load(self, pairs: Iterable[tuple[str, Any]]) -> None:
         """Index many (key, value) pairs at once (load): one sort instead of n inserts."""
         ordered: list[tuple[Any, str]] = []
-        h = self.hash
         for key, value in pairs:
-            held = h.get(value)
-            if held is None:
-                h[value] = key
-            elif isinstance(held, str):
-                if held != key:
-                    h[value] = {held, key}
-            else:
-                held.add(key)
+            self._hash_add(key, value)
             if value is not None and self.sorted is not None:
                 ordered.append((value, key))
-        if self.sorted is not None:
+        if ordered and self.sorted is not None:
             try:
                 self.sorted.update(ordered)
             except TypeError:
