@@ -945,6 +945,11 @@ def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
         "deny_purge": False,
         "allow_direct": True,
     }
+    if max_age:
+        # Without this an expired entry just vanishes and running nodes keep the document forever:
+        # the server writes a delete marker (Nats-Marker-Reason: MaxAge) that their watch applies.
+        cfg["allow_msg_ttl"] = True
+        cfg["subject_delete_marker_ttl"] = max(max_age, 1_000_000_000)
     if config.description:
         cfg["description"] = config.description
     # Escape hatch: raw JetStream stream config fields (e.g. "max_bytes", "placement").

@@ -20,7 +20,16 @@ from nats.js.errors import KeyNotFoundError
 from pydantic import ValidationError
 from sync_helpers import Call, Caller, DbFactory, QueueItem, dumps, eventually
 
-from brainless_odm import BucketNotFound, ConnectionClosed, Database, FlushError, PayloadTooLarge
+from brainless_odm import (
+    BucketNotFound,
+    ConnectionClosed,
+    Database,
+    Document,
+    DocumentConfig,
+    FlushError,
+    PayloadTooLarge,
+    Registry,
+)
 from brainless_odm.store.nats import connect
 
 pytestmark = pytest.mark.integration
@@ -694,3 +703,36 @@ async def test_propagation_latency(make_db: DbFactory) -> None:
     p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
     print(f"\npropagation A->B (flush_interval=0): p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
     assert p99 < 1.0
+
+
+async def test_entries_expiring_by_bucket_ttl_leave_every_node(
+    nats_url: str, brainless_namespace: str
+) -> None:
+    reg = Registry()
+
+    class Session(Document):
+        model_config = DocumentConfig(registry=reg, bucket_ttl=1.0)
+        name: str = ""
+
+    made = []
+    for location in ("a", "b"):
+        nc = await connect(nats_url)
+        db = Database(nc, namespace=brainless_namespace, location=location, documents=reg)
+        made.append((await db.start(), nc))
+    (a, _), (b, _) = made
+    try:
+        session = Session.objects.using(a).add(name="x")
+        await a.flush()
+        await eventually(lambda: session.uuid in Session.objects.using(b), what="the add on B")
+        # The server writes a MaxAge delete marker when the entry ages out; both nodes apply it.
+        await eventually(
+            lambda: (
+                session.uuid not in Session.objects.using(a) and session.uuid not in Session.objects.using(b)
+            ),
+            timeout=10,
+            what="the expired session gone from both nodes",
+        )
+    finally:
+        for db, nc in made:
+            await db.stop()
+            await nc.close()
