@@ -201,22 +201,34 @@ class Database:
     async def stop(self, *, timeout: float | None = None) -> None:
         """Flush everything, then stop watching and release the store. Idempotent.
 
-        With ``timeout``, give up flushing after that many seconds (pending changes are then lost
-        with this process; they are logged). A ``FlushError`` is raised after stopping.
+        Without ``timeout`` it waits until every pending change is acknowledged, however long the
+        server is away. With ``timeout`` it gives up flushing after that many seconds. Either way,
+        changes that could not be written are reported after stopping, in a ``FlushError`` naming
+        each document (they are lost with this process unless you act on it).
         """
         if self._state in ("stopped", "new"):
             self._state = "stopped"
             return
-        error: BaseException | None = None
+        error: FlushError | None = None
         try:
             if self._state == "started":
                 await asyncio.wait_for(self.flush(), timeout)
-        except (FlushError, asyncio.TimeoutError) as exc:
+        except FlushError as exc:
             error = exc
-            log.error("%r: stopping with unwritten changes: %s", self, exc)
+        except asyncio.TimeoutError:
+            late = TimeoutError(f"not acknowledged within stop(timeout={timeout})")
+            error = FlushError(
+                [
+                    (coll.name, key, late)
+                    for coll in self._collections.values()
+                    for key in sorted(coll.dirty_keys())
+                ]
+            )
+        if error is not None:
+            log.error("%r: stopping with unwritten changes: %s", self, error)
         self._state = "stopped"
         await self._shutdown()
-        if isinstance(error, FlushError):
+        if error is not None:
             raise error
 
     async def _shutdown(self) -> None:

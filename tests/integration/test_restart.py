@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sync_helpers import Call, DbFactory, dumps, eventually
 
-from brainless_odm import Database
+from brainless_odm import Database, FlushError
 from brainless_odm.testing import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -146,5 +146,29 @@ async def test_two_writers_through_an_outage_lose_no_update(make_db: DbFactory, 
         assert dumps(fresh) == state
         for db in (fresh, a, b):
             await asyncio.wait_for(db.stop(), 10)
+    finally:
+        await server.stop()
+
+
+async def test_server_gone_for_good_keeps_serving_from_memory_and_stop_reports_what_was_not_written(
+    make_db: DbFactory, tmp_path: Path
+) -> None:
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    try:
+        db = await make_db(url=server.url, flush_interval=0.05)
+        doc = Call.objects.using(db).add(channel_id="c-1")
+        await db.flush()
+        await server.stop()
+        doc.priority = 7  # uptime over consistency: local changes and queries go on
+        assert [d.uuid for d in await Call.objects.using(db).filter(priority=7)] == [doc.uuid]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(db.flush(), 1.0)  # retried until acknowledged, not dropped
+        assert doc.is_dirty
+        t0 = time.monotonic()
+        with pytest.raises(FlushError) as info:
+            await db.stop(timeout=1.0)
+        assert time.monotonic() - t0 < 5
+        assert [(c, k) for c, k, _ in info.value.failures] == [("call", doc.uuid)]
     finally:
         await server.stop()
