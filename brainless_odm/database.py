@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import binascii
 import hashlib
 import logging
 import re
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from .document import Document
-from .engine.collection import Collection
+from .engine.collection import Collection, cancel_and_wait
 from .engine.events import Listeners
 from .exceptions import DatabaseError, FlushError, NotBoundError, StoreError
 from .registry import Registry, default_registry
@@ -74,19 +74,54 @@ def _node_from_location(location: str) -> int:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A stored entry that did not decode or validate, moved aside from its collection."""
+    """A stored entry that did not decode or validate, moved aside from its collection.
+
+    Stored in the bucket ``{namespace}-_dead_letters`` under the key ``{collection}.{key}`` as a JSON
+    object (the raw value base64-encoded); :meth:`encode` and :meth:`from_entry` are that format.
+    """
 
     collection: str
     key: str
     error: str
     value: bytes
     revision: int
-    location: str
-    time: float
+    location: str = ""
+    time: float = 0.0
 
     @property
     def id(self) -> str:
+        """Its key in the dead-letter bucket."""
         return f"{self.collection}.{self.key}"
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "collection": self.collection,
+                "key": self.key,
+                "revision": self.revision,
+                "error": self.error,
+                "value": base64.b64encode(self.value).decode(),
+                "location": self.location,
+                "time": self.time,
+            }
+        )
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> DeadLetter:
+        """Read one entry of the dead-letter bucket; ``ValueError`` if it is not one."""
+        try:
+            r = orjson.loads(entry.value)
+            return cls(
+                collection=str(r["collection"]),
+                key=str(r["key"]),
+                error=str(r["error"]),
+                value=base64.b64decode(r["value"], validate=True),
+                revision=int(r["revision"]),
+                location=str(r.get("location", "")),
+                time=float(r.get("time", 0.0)),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ValueError(f"dead letter {entry.key!r} is unreadable: {exc}") from exc
 
 
 class Database:
@@ -245,9 +280,7 @@ class Database:
             await coll.stop_watch()
         task = self._flush_task
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         for coll in self._collections.values():
             coll.detach_all()
             await coll.listeners.drain()
@@ -391,17 +424,15 @@ class Database:
             entry.revision,
             exc,
         )
-        record = orjson.dumps(
-            {
-                "collection": coll.name,
-                "key": entry.key,
-                "revision": entry.revision,
-                "error": str(exc),
-                "value": base64.b64encode(entry.value).decode(),
-                "location": self.location,
-                "time": time.time(),
-            }
-        )
+        record = DeadLetter(
+            collection=coll.name,
+            key=entry.key,
+            error=str(exc),
+            value=entry.value,
+            revision=entry.revision,
+            location=self.location,
+            time=time.time(),
+        ).encode()
         try:
             dead = await self._dead_letters_bucket()
             res = await dead.write([WriteOp(f"{coll.name}.{entry.key}", record)])
@@ -421,20 +452,9 @@ class Database:
         out: list[DeadLetter] = []
         for e in snap.entries:
             try:
-                r = orjson.loads(e.value)
-                out.append(
-                    DeadLetter(
-                        collection=r["collection"],
-                        key=r["key"],
-                        error=r["error"],
-                        value=base64.b64decode(r["value"]),
-                        revision=r["revision"],
-                        location=r.get("location", ""),
-                        time=r.get("time", 0.0),
-                    )
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.warning("unreadable dead letter %s", e.key)
+                out.append(DeadLetter.from_entry(e))
+            except ValueError as exc:
+                log.warning("%s", exc)
         return sorted(out, key=lambda d: (d.collection, d.key))
 
     async def requeue_dead_letter(self, letter: DeadLetter, value: bytes | None = None) -> Document:

@@ -68,6 +68,25 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended.
+
+    One ``cancel()`` is not always enough: before Python 3.12, ``asyncio.wait_for`` returns the
+    result instead of raising ``CancelledError`` when the awaited reply arrives in the same loop
+    iteration as the cancellation (nats-py awaits every request that way). The task then goes on,
+    e.g. into a watch waiting forever, and ``Database.stop()`` hung on it. So: ask again until it ends.
+    """
+    task.cancel()
+    while True:
+        done, _ = await asyncio.wait([task], timeout=0.5)
+        if done:
+            break
+        task.cancel()
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.result()  # retrieve it, so asyncio does not log "exception never retrieved"
+
+
 class FlushOutcome:
     """What one write round of one collection came to."""
 
@@ -597,9 +616,7 @@ class Collection(Generic[D]):
         task = self.watch_task
         self.watch_task = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     def detach_all(self) -> None:
         for doc in self.docs.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from helpers import DbFactory, wait_for
@@ -19,7 +21,8 @@ from brainless_odm import (
     PayloadTooLarge,
     Registry,
 )
-from brainless_odm.store.base import BucketConfig
+from brainless_odm.store.base import BucketConfig, Entry
+from brainless_odm.store.memory import MemoryBucket
 
 REG = Registry()
 
@@ -273,3 +276,56 @@ async def test_requeue_right_after_start_keeps_the_document(make_db: DbFactory) 
     assert entry.value != b"", "the requeued document was never stored"
     assert "bad" in Note.objects.using(db)
     assert Note.objects.using(db)["bad"] is doc
+
+
+class _SwallowingWatch:
+    """A watch whose first cancellation is lost, as inside asyncio.wait_for before Python 3.12 when
+    the awaited reply lands in the same loop iteration as the cancel (nats-py requests)."""
+
+    def __init__(self) -> None:
+        self.swallowed = False
+
+    def __aiter__(self) -> _SwallowingWatch:
+        return self
+
+    async def __anext__(self) -> Entry:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed = True
+        await asyncio.Event().wait()  # waits again: only a second cancel ends it
+        raise AssertionError("unreachable")
+
+
+class _SwallowingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches: list[_SwallowingWatch] = []
+
+    async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
+        bucket = await super().open_bucket(name, config)
+        store = self
+
+        def watch(after: int) -> _SwallowingWatch:
+            w = _SwallowingWatch()
+            store.watches.append(w)
+            return w
+
+        bucket.watch = watch  # type: ignore[method-assign, assignment]
+        return bucket
+
+
+async def test_stop_ends_even_when_a_cancellation_is_lost() -> None:
+    store = _SwallowingStore()
+    db = await Database(store, documents=[Note]).start()
+    await asyncio.sleep(0)  # the watch task is now waiting inside the store's watch
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    stop = asyncio.ensure_future(db.stop())
+    done, _ = await asyncio.wait([stop], timeout=5)
+    assert done, "stop() hung on the watch task"
+    assert loop.time() - t0 < 3
+    assert store.watches
+    assert store.watches[0].swallowed
