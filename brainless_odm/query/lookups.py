@@ -393,10 +393,17 @@ class Q:
         return f"{'~' if self.negated else ''}Q({body})"
 
     def resolve(self, cls: type[BaseModel]) -> Node:
-        nodes: list[Node] = [c.resolve(cls) for c in self.children]
+        # An empty Q is no condition at all (as in Django): Q(), ~Q() and Q(a=1) | Q() drop it.
+        nodes: list[Node] = [n for n in (c.resolve(cls) for c in self.children) if not _empty(n)]
         nodes += [make_cond(cls, k, v) for k, v in self.lookups.items()]
+        if not nodes:
+            return And(())
         node: Node = Or(tuple(nodes)) if self.connector == "OR" else And(tuple(nodes))
         return Not(node) if self.negated else node
+
+
+def _empty(node: Node) -> bool:
+    return isinstance(node, And) and not node.children
 
 
 def resolve(cls: type[BaseModel], qs: tuple[Q, ...], lookups: dict[str, Any]) -> Node:

@@ -173,7 +173,12 @@ class QuerySet(Generic[D]):
             docs = [d for d in docs if pred(d)]
         if self._order:
             for get, desc, _ in reversed(self._order):
-                docs.sort(key=_sort_key(get), reverse=desc)
+                try:
+                    docs.sort(key=_sort_key(get), reverse=desc)
+                except TypeError:
+                    # Values of several types that do not compare (a field typed int | str):
+                    # order by type name first, so the sort is still total and stable.
+                    docs.sort(key=_typed_sort_key(get), reverse=desc)
         start = self._offset
         stop = None if self._limit is None else start + self._limit
         if start or stop is not None:
@@ -263,6 +268,14 @@ def _sort_key(get: Any) -> Any:
     def key(doc: Any) -> tuple[bool, Any]:
         v = get(doc)
         return (v is not None, v) if v is not None else (False, 0)
+
+    return key
+
+
+def _typed_sort_key(get: Any) -> Any:
+    def key(doc: Any) -> tuple[bool, str, Any]:
+        v = get(doc)
+        return (True, type(v).__name__, v) if v is not None else (False, "", 0)
 
     return key
 

@@ -435,3 +435,23 @@ async def test_query_sees_changes_made_after_it_was_built(db: Database) -> None:
     objects.add(channel_id="c6")
     (await objects.get(channel_id="c1")).state = "done"
     assert await idset(qs) == {"c3", "c5", "c6"}
+
+
+class Loose(Base):
+    code: int | str = 0
+
+
+async def test_empty_q_and_its_negation_filter_nothing_out(db: Database) -> None:
+    objects = Call.objects.using(db)
+    total = len(objects)
+    assert await objects.filter(Q()).count() == total
+    assert await objects.filter(~Q()).count() == total
+
+
+async def test_ordering_values_of_several_types_groups_them_by_type(make_db: DbFactory) -> None:
+    db = await make_db(Loose)
+    objects = Loose.objects.using(db)
+    for code in (2, "b", 1, "a"):
+        objects.add(code=code)
+    assert [d.code for d in await objects.order_by("code")] == [1, 2, "a", "b"]
+    assert [d.code for d in await objects.order_by("-code")] == ["b", "a", 2, 1]
