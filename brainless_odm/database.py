@@ -345,6 +345,11 @@ class Database:
             return
         if self._flush_task is not None and not self._flush_task.done():
             return  # the running flush reschedules itself if anything is left
+        if self.flush_interval == 0:
+            # The task's first step runs on the next loop iteration anyway, after the code making
+            # this change has yielded: a timer on top of it would only add an iteration of latency.
+            self._start_background_flush()
+            return
         loop = asyncio.get_running_loop()
         self._flush_handle = loop.call_later(self.flush_interval, self._start_background_flush)
 
