@@ -35,7 +35,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from .codec import META_KEY
 from .config import DocumentConfig
+from .database import DEAD_LETTERS, DeadLetter
 from .document import Document
 from .exceptions import BrainlessError, ConnectionLost
 from .fields import Indexed, Unique
@@ -48,8 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
-DEAD_LETTERS = "_dead_letters"
-META_KEY = "_odm"
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -639,54 +639,22 @@ def _show_change(entry: Entry, state: dict[str, dict[str, Any]], json_lines: boo
 # -- dead letters ------------------------------------------------------------------------------
 
 
-@dataclass
-class _DeadLetter:
-    id: str  # the key in the dead-letter bucket
-    collection: str
-    key: str
-    error: str
-    value: bytes
-    revision: int | None
-    location: str = ""
-
-
-def _parse_dead_letter(entry: Entry) -> _DeadLetter:
-    data = _decode(entry.value) or {}
-    raw = data.get("value", b"")
-    if isinstance(raw, str):
-        import base64
-        import binascii
-
-        try:
-            value = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            value = raw.encode()
-    elif isinstance(raw, (dict, list)):
-        value = orjson.dumps(raw)
-    else:
-        value = b""
-    rev = data.get("revision")
-    return _DeadLetter(
-        id=entry.key,
-        collection=str(data.get("collection", "?")),
-        key=str(data.get("key", entry.key)),
-        error=str(data.get("error", "")),
-        value=value,
-        revision=rev if isinstance(rev, int) else None,
-        location=str(data.get("location", "")),
-    )
-
-
-async def _dead_letters(store: KVStore, conn: Connection) -> tuple[Bucket | None, list[_DeadLetter]]:
+async def _dead_letters(store: KVStore, conn: Connection) -> tuple[Bucket | None, list[DeadLetter]]:
     name = _bucket_name(conn, DEAD_LETTERS)
     if name not in await store.list_buckets():
         return None, []
     bucket = await store.open_bucket(name, BucketConfig())
     snap = await bucket.load()
-    return bucket, [_parse_dead_letter(e) for e in sorted(snap.entries, key=lambda e: e.revision)]
+    letters = []
+    for e in sorted(snap.entries, key=lambda e: e.revision):
+        try:
+            letters.append(DeadLetter.from_entry(e))
+        except ValueError as exc:
+            err.print(f"[yellow]skipped: {exc}[/yellow]")
+    return bucket, letters
 
 
-def _find_dead_letter(letters: list[_DeadLetter], collection: str, key: str) -> _DeadLetter:
+def _find_dead_letter(letters: list[DeadLetter], collection: str, key: str) -> DeadLetter:
     for dl in letters:
         if dl.collection == collection and key in (dl.key, dl.id):
             return dl
