@@ -20,6 +20,7 @@ an invalid one is undone and raises ``ValidationError``, leaving the document as
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -28,7 +29,17 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from .document import Document
 
-__all__ = ["FieldLink", "TrackedDict", "TrackedList", "TrackedSet", "cut_link", "install_hook", "wrap"]
+__all__ = [
+    "FieldLink",
+    "TrackedDict",
+    "TrackedList",
+    "TrackedSet",
+    "cut_link",
+    "holds_raw_data",
+    "install_hook",
+    "validate_assignment",
+    "wrap",
+]
 
 Revert = Callable[[], None]
 
@@ -91,6 +102,7 @@ class TrackedList(list[Any]):
         snapshot = self._link.before()
         result = op()
         self._link.changed(revert, snapshot)
+        _detach_removed(before, self, self._link)
         return result
 
     def append(self, value: Any, /) -> None:
@@ -168,6 +180,7 @@ class TrackedDict(dict[Any, Any]):
         snapshot = self._link.before()
         result = op()
         self._link.changed(revert, snapshot)
+        _detach_removed(before.values(), self.values(), self._link)
         return result
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -342,7 +355,9 @@ def _is_model_type(t: type[Any]) -> bool:
     # this runs for every value of every tracked field on load, so answer once per type.
     known = _MODEL_TYPES.get(t)
     if known is None:
-        known = _MODEL_TYPES[t] = issubclass(t, BaseModel) and not hasattr(t, "__odm__")
+        known = _MODEL_TYPES[t] = (issubclass(t, BaseModel) and not hasattr(t, "__odm__")) or (
+            dataclasses.is_dataclass(t) and not t.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        )
     return known
 
 
@@ -361,46 +376,144 @@ def wrap(value: Any, link: FieldLink) -> Any:
         return TrackedDict(link, value.items())
     if t is set or t is TrackedSet:
         return TrackedSet(link, value)
+    if t is tuple:
+        items = tuple(wrap(v, link) for v in value)
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     if _is_model_type(t):
         held = _link_of(value)
         if held is not None and held is not link and held.doc is not None:
             # One instance assigned to two fields or documents: each gets its own copy, or a
             # change through one would be reported to the other only.
-            value = value.model_copy(deep=True)
+            value = copy.deepcopy(value)
         _register(value, link)
-        d = value.__dict__
-        for name, v in d.items():
-            tv = type(v)
-            if tv in _CONTAINERS or _is_model_type(tv):
-                d[name] = wrap(v, link)
+        d = getattr(value, "__dict__", None)
+        if d is not None:
+            for name, v in d.items():
+                tv = type(v)
+                if tv in _CONTAINERS or _is_model_type(tv):
+                    d[name] = wrap(v, link)
     return value
 
 
-_CONTAINERS = frozenset({list, dict, set, TrackedList, TrackedDict, TrackedSet})
+_DEAD = FieldLink.__new__(FieldLink)  # the link of values that left their document: reports nowhere
+_DEAD.doc = None
+_DEAD.field = ""
+_DEAD.models = None
 
 
-def install_hook(model_cls: type[BaseModel]) -> None:
-    """Make assignments on instances of ``model_cls`` held by stored documents count as changes."""
+def _detach(value: Any, link: FieldLink) -> None:
+    """``value`` left the field of ``link`` (removed, popped, replaced): stop it reporting there,
+    with everything inside it, so it can be used elsewhere (or in another document) on its own."""
+    t = type(value)
+    if t in _SCALARS:
+        return
+    if t is TrackedList or t is TrackedDict or t is TrackedSet:
+        if value._link is link:
+            value._link = _DEAD
+            for v in value.values() if t is TrackedDict else value:
+                _detach(v, link)
+    elif t is tuple:
+        for v in value:
+            _detach(v, link)
+    elif _is_model_type(t):
+        _unregister(value, link)
+        for v in getattr(value, "__dict__", {}).values():
+            _detach(v, link)
+
+
+def holds_raw_data(current: Any, validated: Any) -> tuple[Any, str] | None:
+    """Where ``current`` holds raw data (a dict) that validation turned into a model: that data
+    and the model's class name; ``None`` if it holds model instances wherever models belong."""
+    if isinstance(validated, BaseModel):
+        if not _is_model_type(type(current)):
+            return current, type(validated).__name__
+        cd = current.__dict__
+        for k, v in validated.__dict__.items():
+            found = holds_raw_data(cd.get(k), v)
+            if found is not None:
+                return found
+        return None
+    pairs: Iterable[tuple[Any, Any]] = ()
+    if isinstance(validated, (list, tuple)) and isinstance(current, (list, tuple)):
+        pairs = zip(current, validated, strict=False)
+    elif isinstance(validated, dict) and isinstance(current, dict):
+        pairs = ((current.get(k), v) for k, v in validated.items())
+    for c, v in pairs:
+        found = holds_raw_data(c, v)
+        if found is not None:
+            return found
+    return None
+
+
+def _detach_removed(before: Iterable[Any], after: Iterable[Any], link: FieldLink) -> None:
+    kept: set[int] | None = None
+    for v in before:
+        if type(v) in _SCALARS:
+            continue
+        if kept is None:
+            kept = {id(x) for x in after}
+        if id(v) not in kept:
+            _detach(v, link)
+
+
+_CONTAINERS = frozenset({list, dict, set, tuple, TrackedList, TrackedDict, TrackedSet})
+
+
+def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
+    """Pydantic's assignment validation, undone completely when it fails.
+
+    Pydantic has already installed the new value when a ``model_validator(mode="after")`` rejects
+    it; the old ``__dict__`` (Pydantic builds a new one) and fields-set go back, so a rejected
+    assignment changes nothing."""
+    old_dict = model.__dict__
+    old_set = set(model.__pydantic_fields_set__)
+    try:
+        model.__pydantic_validator__.validate_assignment(model, name, value)
+    except BaseException:
+        object.__setattr__(model, "__dict__", old_dict)
+        object.__setattr__(model, "__pydantic_fields_set__", old_set)
+        raise
+
+
+def install_hook(model_cls: type[Any]) -> None:
+    """Make assignments on instances of ``model_cls`` (a nested Pydantic model or a dataclass) held
+    by stored documents count as changes."""
     if model_cls.__dict__.get("__odm_hooked__"):
         return
-    original: Callable[[BaseModel, str, Any], None] = model_cls.__setattr__
+    original: Callable[[Any, str, Any], None] = model_cls.__setattr__  # type: ignore[assignment]
+    is_model = issubclass(model_cls, BaseModel)
 
-    def __setattr__(self: BaseModel, name: str, value: Any) -> None:
+    def __setattr__(self: Any, name: str, value: Any) -> None:
         link = _link_of(self)
-        if link is None or link.doc is None or name not in type(self).model_fields:
+        if link is None or link.doc is None:
             original(self, name, value)
             return
-        # Held by a document: validate like the document's own fields do, whatever the nested
-        # model's own config says, then keep tracking whatever container was assigned.
+        fields = type(self).model_fields if is_model else self.__dataclass_fields__
+        if name not in fields:
+            original(self, name, value)
+            return
         snapshot = link.before()
         old = self.__dict__.get(name)
-        self.__pydantic_validator__.validate_assignment(self, name, value)
-        new = self.__dict__[name]
-        if old is not new and _is_model_type(type(old)):
-            _unregister(old, link)
+        if is_model:
+            # Held by a document: validate like the document's own fields do, whatever the
+            # nested model's own config says.
+            validate_assignment(self, name, value)
+        else:
+            original(self, name, value)
+        d = self.__dict__
+        new = d[name]
+        try:
+            unchanged = bool(old == new)
+        except Exception:
+            unchanged = False
+        if unchanged:
+            d[name] = old  # keep the tracked original; an equal value is no change
+            return
+        if old is not new:
+            _detach(old, link)
         if type(new) in _CONTAINERS or _is_model_type(type(new)):
-            self.__dict__[name] = wrap(new, link)
+            d[name] = wrap(new, link)
         link.changed(None, snapshot)
 
-    model_cls.__setattr__ = __setattr__  # type: ignore[method-assign,assignment]
-    model_cls.__odm_hooked__ = True  # type: ignore[attr-defined]
+    model_cls.__setattr__ = __setattr__  # type: ignore[assignment]
+    model_cls.__odm_hooked__ = True

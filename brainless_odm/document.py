@@ -9,6 +9,7 @@ lives in the engine's ``Collection`` the document is attached to (``_odm_coll``)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 import typing
 import uuid as _uuid
@@ -17,11 +18,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import exceptions
 from ._compat import ModelMetaclass
-from ._tracking import FieldLink, cut_link, install_hook, wrap
+from ._tracking import FieldLink, cut_link, holds_raw_data, install_hook, validate_assignment, wrap
 from .config import CollectionOptions, collection_options
 from .exceptions import DatabaseError, DefinitionError
 from .fields import Indexed, Unique
@@ -181,7 +182,11 @@ class DocumentMeta(ModelMetaclass):
             if _is_mutable(finfo.annotation):
                 tracked.add(name)
                 for tp in _walk_types(finfo.annotation, set()):
-                    if isinstance(tp, type) and issubclass(tp, BaseModel) and not issubclass(tp, Document):
+                    if not isinstance(tp, type):
+                        continue
+                    if (issubclass(tp, BaseModel) and not issubclass(tp, Document)) or (
+                        dataclasses.is_dataclass(tp) and not tp.__dataclass_params__.frozen  # type: ignore[attr-defined]
+                    ):
                         install_hook(tp)
         data_fields = tuple(n for n in doc_cls.model_fields if n != "uuid")
         info = DocumentInfo(
@@ -273,11 +278,11 @@ class Document(BaseModel, metaclass=DocumentMeta):
                     f"{type(self).__name__}.uuid is the document's key and cannot change once it is "
                     "stored; add a copy instead"
                 )
-            self.__pydantic_validator__.validate_assignment(self, name, value)
+            validate_assignment(self, name, value)
             return
         old = d[name]
         before = coll.snapshot_for_events(self) if coll is not None else None
-        self.__pydantic_validator__.validate_assignment(self, name, value)  # raises: nothing changed
+        validate_assignment(self, name, value)  # raises: nothing changed
         d = self.__dict__  # validate_assignment installs a new __dict__
         new = d[name]
         try:
@@ -337,10 +342,19 @@ class Document(BaseModel, metaclass=DocumentMeta):
             ta = type(self).__odm__.adapter(name)
             value = self.__dict__[name]
             try:
-                ta.validate_python(ta.dump_python(value, warnings=False), strict=True)
+                validated = ta.validate_python(ta.dump_python(value, warnings=False), strict=True)
             except Exception:
                 revert()
                 raise
+            raw = holds_raw_data(value, validated)
+            if raw is not None:
+                # Validation would convert it, but the container would keep the dict: refuse it,
+                # as assigning a dict to a model attribute of a container is refused.
+                revert()
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [{"type": "model_type", "loc": (name,), "input": raw[0], "ctx": {"class_name": raw[1]}}],
+                )
         coll = self._odm_coll
         if coll is None:
             mark_dirty(self, (name,))

@@ -255,6 +255,9 @@ class QuerySet(Generic[D]):
                 others = set(coll.indexes[name].holders(v)) - keys
                 if others:
                     raise UniqueViolation(coll.name, name, v, next(iter(others)))
+        # Field and model validators see the whole document: check every one before changing any.
+        for doc in docs:
+            model.model_validate({**doc.__dict__, **values})
         for doc in docs:
             for name, value in values.items():
                 setattr(doc, name, value)

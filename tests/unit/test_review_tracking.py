@@ -71,11 +71,6 @@ async def clean(db: Database, *docs: Call) -> None:
 
 
 # -- failed validation must change nothing -----------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a model_validator(mode='after') that rejects an assignment leaves the new value in "
-    "the document (pydantic's validate_assignment has already written __dict__), undirty and unindexed",
-)
 async def test_rejected_assignment_by_model_validator_keeps_old_value(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add(state="vip", priority=1)
@@ -86,11 +81,6 @@ async def test_rejected_assignment_by_model_validator_keeps_old_value(make_db: D
     assert not a.is_dirty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an indexed field rejected by a model validator keeps its new value while the index "
-    "keeps the old one: filter(state=<value the doc holds>) misses it",
-)
 async def test_rejected_assignment_of_indexed_field_does_not_drift_index(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add(priority=200)
@@ -104,11 +94,6 @@ async def test_rejected_assignment_of_indexed_field_does_not_drift_index(make_db
     assert found == held  # the index and the documents agree, whatever the value is
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: update() pre-validates with the field's TypeAdapter only (no model validators), so a "
-    "value a model validator rejects changes the documents before it (and the rejected one itself)",
-)
 async def test_update_rejected_by_model_validator_changes_none(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     b1 = m.add(name="b1", state="x")
@@ -158,11 +143,6 @@ async def test_invalid_in_place_change_is_undone(make_db: DbFactory) -> None:
 
 
 # -- in-place changes must be tracked, and tracked on the right document ------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dict appended to a list[Model] field stays a dict (TrackedDict): the strict re-check "
-    "accepts dicts for models but nothing converts it, so the document holds a non-Caller",
-)
 async def test_dict_appended_to_model_list_becomes_model_or_raises(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add()
@@ -178,12 +158,6 @@ async def test_dict_appended_to_model_list_becomes_model_or_raises(make_db: DbFa
         await a.delete()  # never serialise the bad value (a serializer warning fails teardown)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a nested model popped from one document's list keeps its registration (pop/remove/"
-    "del do not unregister): moved into another document it is copied, and editing it marks the old "
-    "document dirty while the new document never changes",
-)
 async def test_model_moved_between_documents_tracks_the_new_one(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     src = m.add(callers=[Caller(number="1")])
@@ -198,11 +172,6 @@ async def test_model_moved_between_documents_tracks_the_new_one(make_db: DbFacto
     assert dst.dirty_fields == {"callers"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lists inside a tuple field are not wrapped (wrap() knows list/dict/set/models only): "
-    "in-place changes to them are never marked dirty, so never written",
-)
 async def test_list_inside_tuple_field_is_tracked(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add()
@@ -211,11 +180,6 @@ async def test_list_inside_tuple_field_is_tracked(make_db: DbFactory) -> None:
     assert a.dirty_fields == {"pair"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a stdlib dataclass field counts as mutable (tracked) but nothing hooks its "
-    "assignments: call.point.x = 5 is never marked dirty, so never written",
-)
 async def test_dataclass_field_assignment_is_tracked(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add()
@@ -224,11 +188,6 @@ async def test_dataclass_field_assignment_is_tracked(make_db: DbFactory) -> None
     assert a.dirty_fields == {"point"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the nested-model hook marks the field dirty even when the assigned value is equal "
-    "(the contract: assigning an equal value is no change)",
-)
 async def test_equal_nested_assignment_is_no_change(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add(caller=Caller(number="1", city="Prague"))
@@ -237,11 +196,6 @@ async def test_equal_nested_assignment_is_no_change(make_db: DbFactory) -> None:
     assert not a.is_dirty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a container replaced inside a nested model keeps its link (only the model itself is "
-    "unregistered): mutating the detached old list marks the document dirty",
-)
 async def test_container_replaced_inside_nested_model_is_cut(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add(caller=Caller(number="1", tags=["a"]))
