@@ -1,7 +1,7 @@
 """Adversarial review: dirty tracking, validation and queries (in-memory databases).
 
-Each ``xfail(strict=True)`` is a bug found in review (the reason says what); the passing tests guard
-behaviour that was checked and found correct and is easy to break.
+Some tests reproduce bugs the review found (fixed since: each test fails without its fix); the others
+guard behaviour that was checked and found correct and is easy to break.
 """
 
 from __future__ import annotations
