@@ -546,6 +546,12 @@ async def _watch(
             if data is not None:
                 data.pop(META_KEY, None)
                 state[e.key] = data
+        it = bucket.watch(snap.revision)
+        # Start the consumer before saying so: with history=1 the bucket keeps only the latest
+        # revision of a key, so a change superseded before a late start would never be shown.
+        start = getattr(it, "__aenter__", None)
+        if start is not None:
+            await start()
         # On stderr, also with --json: a script reading stdout can wait for this to know the tail began.
         err.print(
             f"watching [bold]{bucket.name}[/bold] ({len(state)} documents, "
@@ -553,7 +559,6 @@ async def _watch(
             + (" Ctrl-C stops." if count is None and timeout is None else "")
         )
         seen = 0
-        it = bucket.watch(snap.revision)
         try:
             while count is None or seen < count:
                 remaining = None if deadline is None else deadline - loop.time()
