@@ -466,12 +466,13 @@ def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
     it; the old ``__dict__`` (Pydantic builds a new one) and fields-set go back, so a rejected
     assignment changes nothing."""
     old_dict = model.__dict__
-    old_set = set(model.__pydantic_fields_set__)
+    was_set = name in model.__pydantic_fields_set__
     try:
         model.__pydantic_validator__.validate_assignment(model, name, value)
     except BaseException:
         object.__setattr__(model, "__dict__", old_dict)
-        object.__setattr__(model, "__pydantic_fields_set__", old_set)
+        if not was_set:
+            model.__pydantic_fields_set__.discard(name)
         raise
 
 
