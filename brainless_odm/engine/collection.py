@@ -21,7 +21,7 @@ import copy
 import gc
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import codec
@@ -622,6 +622,3 @@ class Collection(Generic[D]):
         for doc in self.docs.values():
             _slot_coll(doc, None)
             doc._odm_untrack()
-
-    def candidates_all(self) -> Sequence[D]:
-        return list(self.docs.values())

@@ -140,18 +140,6 @@ class FieldIndex:
         assert self.sorted is not None
         return [key for _, key in self.sorted.islice(start, stop)]
 
-    def range(
-        self, lo: Any = None, hi: Any = None, *, lo_incl: bool = True, hi_incl: bool = True
-    ) -> list[str] | None:
-        """Keys with ``lo <(=) value <(=) hi`` (either bound optional); ``None`` if it cannot tell."""
-        b = self.bounds(lo, hi, lo_incl=lo_incl, hi_incl=hi_incl)
-        return None if b is None else self.keys_between(*b)
-
-    def clear(self) -> None:
-        self.hash.clear()
-        self.sorted = None
-        self.orderable = True
-
 
 class _Max:
     """Sorts after every string key, so (v, _MAX) bounds all (v, key) pairs from above."""
