@@ -115,10 +115,18 @@ async def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     async with server(args.nats_url) as url:
         errors: list[str] = []
-        nc_a = await connect(url, "bench-node-a", errors)
-        nc_b = await connect(url, "bench-node-b", errors)
-        ctx = Context(nc_a, nc_b, uuid.uuid4().hex[:6], errors)
-        impls = [IMPLEMENTATIONS[name](ctx) for name in IMPLEMENTATIONS if name in chosen]
+        run_id = uuid.uuid4().hex[:6]
+        # Each implementation gets its own two connections: brainless_odm installs shortcuts on
+        # the nats-py clients it uses (store/nats.py, ``_Wire``), and they must not speed up or
+        # slow down the others' measurements.
+        clients: list[Any] = []
+        impls = []
+        for name in IMPLEMENTATIONS:
+            if name in chosen:
+                nc_a = await connect(url, f"bench-{name}-a", errors)
+                nc_b = await connect(url, f"bench-{name}-b", errors)
+                clients += [nc_a, nc_b]
+                impls.append(IMPLEMENTATIONS[name](Context(nc_a, nc_b, run_id, errors)))
         print(f"bench: sizes {sizes}, workloads {list(plan.workloads)}, server {url}", flush=True)
         try:
             cells, extras = await run(impls, plan, progress=lambda line: print(line, flush=True))
@@ -126,9 +134,9 @@ async def main(args: argparse.Namespace) -> int:
             for impl in impls:
                 with contextlib.suppress(Exception):
                     await impl.close()
-            nats_server = str(getattr(nc_a, "connected_server_version", "?"))
-            await nc_a.close()
-            await nc_b.close()
+            nats_server = str(getattr(clients[0], "connected_server_version", "?")) if clients else "?"
+            for nc in clients:
+                await nc.close()
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "python -m bench",

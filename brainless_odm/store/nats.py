@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import itertools
 import logging
 import re
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import nats
+import nats.aio.client
 import nats.errors
 import orjson
 from nats.aio.client import Client
@@ -92,6 +94,159 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Anything nats-py raises while publishing one message (after our own size/key checks).
 _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, nats.errors.Error)
+
+
+# -- shortcuts through nats-py ---------------------------------------------------------------
+#
+# nats-py has no batch publish and hands every message through a Msg object, a queue and a task
+# switch before a callback sees it; for a 20k-document flush those per-message costs (plus its
+# pure-Python header parser) were most of the time over a bare publish loop. ``_Wire`` installs, once
+# per client, three shortcuts that keep nats-py's observable behaviour:
+#
+# * writes feed whole batches of ready-made ``HPUB`` commands into the client's write buffer;
+# * messages for our own subscriptions (publish acks, consumer deliveries) are handed to a plain
+#   function straight from the protocol parser; everything else takes nats-py's own path;
+# * header blocks in the common form (no status line, ASCII) are parsed by a tighter loop that
+#   yields exactly the dict nats-py's parser yields (tests compare the two on generated input).
+#
+# Each shortcut is used only when the client has the internals it needs (checked by name and
+# signature); otherwise the public API is used, which is slower and equally correct.
+
+_HDR_STRIP = " \t\n\r\x0b\x0c"  # what bytes.strip() removes
+_HDR_NAME_SPACE = re.compile("[\t\n\x0b\x0c\r\x1c-\x1f ]")  # what str.isspace() finds in ASCII
+_HDR_VALUE_RE = re.compile(r"[!-~]+")  # header values we send: printable ASCII, no space/CR/LF
+
+#: A fast route for one subscription: (subject, reply, data, raw headers) -> handled. Returning
+#: False hands the message to nats-py's normal path (the subscription's callback).
+Route = Callable[[bytes, bytes, bytes, "bytes | None"], bool]
+
+
+def _parse_headers_fast(headers: bytes) -> dict[str, str] | bool | None:
+    """What nats-py's parser makes of a header block without a status line; ``False`` for a block
+    with one (``NATS/1.0 503``), which nats-py must parse itself."""
+    if len(headers) < 10 or headers[8] == 32:  # 32: a space, so a status line follows
+        return False
+    raw = headers[10:]
+    out: dict[str, str] = {}
+    if raw.isascii():
+        for line in raw.decode("ascii").split("\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                continue
+            key = name.strip(_HDR_STRIP)
+            if _HDR_NAME_SPACE.search(key):
+                continue
+            out[key] = value.strip(_HDR_STRIP)
+        return out or None
+    for bline in raw.split(b"\r\n"):  # nats-py's own rules, byte by byte
+        bname, bsep, bvalue = bline.partition(b":")
+        if not bsep:
+            continue
+        try:
+            key = bname.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _HDR_NAME_SPACE.search(key):
+            continue
+        out[key] = bvalue.strip().decode("utf-8", "replace")
+    return out or None
+
+
+class _Wire:
+    """The shortcuts installed on one nats-py client (see above). Get it with :meth:`of`."""
+
+    def __init__(self, nc: Client, *, shortcuts: bool = True) -> None:
+        self.nc = nc
+        self.routes: dict[int, Route] = {}
+        cls = type(nc)
+        self.batch = shortcuts and all(
+            hasattr(nc, name)
+            for name in ("_send_command", "_flush_pending", "_flush_queue", "stats", "max_payload")
+        )
+        self.dispatch = shortcuts and _signature_is(
+            cls, "_process_msg", ("self", "sid", "subject", "reply", "data", "headers")
+        )
+        # With fast_mail_parser installed nats-py parses headers in Rust already.
+        self.headers = (
+            shortcuts
+            and getattr(nats.aio.client, "parse_email", None) is None
+            and _signature_is(cls, "_process_headers", ("self", "headers"))
+        )
+        if self.dispatch:
+            self._install_dispatch()
+        if self.headers:
+            self._install_headers()
+
+    @classmethod
+    def of(cls, nc: Client) -> _Wire:
+        wire = cast("_Wire | None", nc.__dict__.get("_brainless_odm_wire"))
+        if wire is None:
+            wire = cls(nc)
+            nc.__dict__["_brainless_odm_wire"] = wire
+        return wire
+
+    def _install_dispatch(self) -> None:
+        original: Any = self.nc._process_msg  # typed headers: bytes; the parser passes None too
+        routes = self.routes
+        stats = self.nc.stats
+
+        async def process_msg(
+            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            route = routes.get(sid)
+            if route is not None and route(subject, reply, data, headers):
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += len(data)
+                return
+            await original(sid, subject, reply, data, headers)
+
+        self.nc.__dict__["_process_msg"] = process_msg
+
+    def _install_headers(self) -> None:
+        original = self.nc._process_headers
+
+        async def process_headers(headers: bytes | None) -> dict[str, str] | None:
+            if not headers:
+                return None
+            parsed = _parse_headers_fast(headers)
+            if parsed is False:
+                return await original(headers)
+            return cast("dict[str, str] | None", parsed)
+
+        self.nc.__dict__["_process_headers"] = process_headers
+
+    def route(self, sub: Subscription, handler: Route) -> bool:
+        """Send ``sub``'s messages to ``handler`` first; False if this client can't."""
+        sid = getattr(sub, "_id", None)
+        if not self.dispatch or not isinstance(sid, int):
+            return False
+        self.routes[sid] = handler
+        return True
+
+    def unroute(self, sub: Subscription) -> None:
+        self.routes.pop(getattr(sub, "_id", -1), None)
+
+    async def send(self, commands: list[bytes], count: int, size: int) -> None:
+        """Queue ready-made protocol commands as one write (like ``count`` publishes of ``size``
+        payload bytes in all) and kick the client's flusher, as ``Client.publish`` does."""
+        nc: Any = self.nc
+        nc.stats["out_msgs"] += count
+        nc.stats["out_bytes"] += size
+        await nc._send_command(b"".join(commands))
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+
+def _signature_is(cls: type, name: str, params: tuple[str, ...]) -> bool:
+    fn = getattr(cls, name, None)
+    if fn is None or not inspect.iscoroutinefunction(fn):
+        return False
+    try:
+        return tuple(inspect.signature(fn).parameters) == params
+    except (TypeError, ValueError):
+        return False
 
 
 def _valid_key(key: str) -> bool:
@@ -195,9 +350,11 @@ class _PushConsumer:
     """An ordered, ack-less push consumer on a private inbox (what nats.go calls an ordered consumer).
 
     Delivers ``(stream_seq, subject, data, headers, timestamp_ns, pending)`` to ``on_msg``
-    synchronously from the subscription callback, answers flow control, and reports a gap in the
-    consumer sequence (a dropped message) or a stale consumer through ``on_gap``: the owner then
-    recreates it from the last stream sequence it has seen, so nothing is skipped.
+    synchronously from the subscription callback (``headers`` may be ``None`` for a plain put even
+    when it carried some: only what :func:`_entry_kind` reads matters), answers flow control, and
+    reports a gap in the consumer sequence (a dropped message) or a stale consumer through
+    ``on_gap``: the owner then recreates it from the last stream sequence it has seen, so nothing
+    is skipped.
     """
 
     def __init__(
@@ -252,6 +409,7 @@ class _PushConsumer:
         except _CONNECTION_ERRORS as e:
             raise _lost(f"watching bucket {self._bucket.name}", e) from e
         self.last_activity = time.monotonic()
+        self._bucket._wire.route(self.sub, self._route)
         try:
             info = await self._bucket._api(
                 f"$JS.API.CONSUMER.CREATE.{self._bucket._stream}",
@@ -268,6 +426,7 @@ class _PushConsumer:
         self.closed = True
         sub, self.sub = self.sub, None
         if sub is not None:
+            self._bucket._wire.unroute(sub)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         name, self.name = self.name, None
@@ -275,6 +434,34 @@ class _PushConsumer:
             # Fire and forget: inactive_threshold removes it anyway if this is lost.
             with contextlib.suppress(Exception):
                 await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{self._bucket._stream}.{name}")
+
+    def _route(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """A delivery straight from the protocol parser (see ``_Wire``); control messages
+        (heartbeats, flow control, status) go on to :meth:`_cb`."""
+        if not reply.startswith(b"$JS.ACK."):
+            return False
+        if self.closed:
+            return True
+        hdrs = None
+        # Receivers only ask the headers what _entry_kind asks (delete, purge, marker): a put's
+        # Nats-Msg-Id and Nats-Expected-* are not worth a parse per message.
+        if headers is not None and (b"KV-Operation" in headers or b"Nats-Marker-Reason" in headers):
+            parsed = _parse_headers_fast(headers)
+            if parsed is False:
+                return False
+            hdrs = cast("dict[str, str] | None", parsed)
+        self.last_activity = time.monotonic()
+        fields = _ack_fields(reply.decode())
+        if fields is None:
+            return True
+        sseq, dseq, ts, pending = fields
+        if dseq != self.dseq + 1:
+            self.closed = True
+            self._on_gap()
+            return True
+        self.dseq = dseq
+        self._on_msg(sseq, subject.decode(), data, hdrs, ts, pending)
+        return True
 
     async def _cb(self, msg: Msg) -> None:
         if self.closed:
@@ -306,7 +493,8 @@ class _PushConsumer:
             if stalled:
                 await self._nc.publish(stalled)
             last = hdrs.get("Nats-Last-Consumer")
-            if last is not None and int(last) != self.dseq:
+            # ">": deliveries take the fast route and may overtake a heartbeat queued in nats-py.
+            if last is not None and int(last) > self.dseq:
                 self.closed = True
                 self._on_gap()
                 return
@@ -510,6 +698,37 @@ class NatsWatch:
         task.add_done_callback(_FINALIZING.discard)
 
 
+#: Publishes per batch command (one write to the client's buffer).
+_BATCH = 256
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Round:
+    """One :meth:`NatsBucket.write` call: its results and how many publishes await an ack."""
+
+    __slots__ = ("level", "ops", "outstanding", "results", "waiter")
+
+    def __init__(self, ops: Sequence[WriteOp]) -> None:
+        self.ops = ops
+        self.results: list[WriteResult | None] = [None] * len(ops)
+        self.outstanding = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.level = 0
+
+    def settle(self, i: int, result: WriteResult) -> None:
+        if self.results[i] is not None:
+            return
+        self.results[i] = result
+        self.outstanding -= 1
+        waiter = self.waiter
+        if waiter is not None and self.outstanding <= self.level and not waiter.done():
+            waiter.set_result(None)
+
+
 class NatsBucket:
     """One collection's NATS KV bucket (stream ``KV_<name>``), a :class:`~brainless_odm.store.base.Bucket`.
 
@@ -540,8 +759,10 @@ class NatsBucket:
         # Write pipeline: one wildcard inbox subscription; each publish gets reply <inbox>.<n>.
         self._ack_sub: Subscription | None = None
         self._ack_prefix = ""
-        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._acks: dict[int, tuple[_Round, int]] = {}
         self._ack_ids = itertools.count(1)
+        self._wire = _Wire.of(nc)
+        self._batch = False
         self._ack_lock = asyncio.Lock()
 
     @property
@@ -727,11 +948,25 @@ class NatsBucket:
             except _CONNECTION_ERRORS as e:
                 raise _lost(f"writing to bucket {self._name}", e) from e
             self._ack_prefix = prefix
+            self._batch = self._wire.batch and self._wire.route(self._ack_sub, self._ack_route)
+
+    def _ack_route(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        status = headers[9:12].decode() if headers and headers[8] == 32 else None
+        self._ack(subject[len(self._ack_prefix) :], data, status)
+        return True
 
     async def _on_ack(self, msg: Msg) -> None:
-        fut = self._acks.pop(msg.subject[len(self._ack_prefix) :], None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        status = msg.headers.get("Status") if msg.headers else None
+        self._ack(msg.subject[len(self._ack_prefix) :], msg.data, status)
+
+    def _ack(self, token: bytes | str, data: bytes, status: str | None) -> None:
+        try:
+            entry = self._acks.pop(int(token), None)
+        except ValueError:
+            return
+        if entry is not None:
+            rnd, i = entry
+            rnd.settle(i, self._ack_result(rnd.ops[i], data, status))
 
     def _check_op(self, op: WriteOp) -> StoreError | None:
         if not _valid_key(op.key):
@@ -739,8 +974,11 @@ class NatsBucket:
                 f"{op.key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = ., "
                 "no leading or trailing dot)"
             )
-        if op.msg_id is not None and len(op.msg_id) > _MAX_MSG_ID:
-            return StoreError(f"{self._name}/{op.key}: msg_id longer than {_MAX_MSG_ID} characters")
+        if op.msg_id is not None and (len(op.msg_id) > _MAX_MSG_ID or not _HDR_VALUE_RE.fullmatch(op.msg_id)):
+            return StoreError(
+                f"{self._name}/{op.key}: msg_id must be 1-{_MAX_MSG_ID} printable ASCII characters "
+                "without spaces"
+            )
         if op.value is not None:
             limit = self.max_value_size
             if len(op.value) > limit:
@@ -751,14 +989,13 @@ class NatsBucket:
                 )
         return None
 
-    def _ack_result(self, op: WriteOp, msg: Msg) -> WriteResult:
-        hdrs = msg.headers
-        if hdrs and hdrs.get("Status") == "503":
+    def _ack_result(self, op: WriteOp, data: bytes, status: str | None) -> WriteResult:
+        if status == "503":
             return _NO_RESPONDERS
         try:
-            resp = orjson.loads(msg.data)
+            resp = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return StoreError(f"{self._name}/{op.key}: unreadable publish ack {msg.data[:100]!r}")
+            return StoreError(f"{self._name}/{op.key}: unreadable publish ack {data[:100]!r}")
         err = resp.get("error")
         if not err:
             return int(resp["seq"])  # a duplicate ack carries the original sequence
@@ -777,6 +1014,74 @@ class NatsBucket:
             return BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})")
         return StoreError(f"{self._name}/{op.key}: {desc} (err_code {err_code})")
 
+    def _command(self, op: WriteOp, token: int) -> bytes:
+        """The ``PUB``/``HPUB`` protocol command ``Client.publish`` would send for ``op``."""
+        value = op.value if op.value is not None else b""
+        hdr = ""
+        if op.msg_id is not None:
+            hdr = f"Nats-Msg-Id: {op.msg_id}\r\n"
+        if op.expected_revision is not None:
+            hdr += f"Nats-Expected-Last-Subject-Sequence: {op.expected_revision}\r\n"
+        if op.value is None:
+            hdr += "KV-Operation: DEL\r\n"
+        if not hdr:
+            return (
+                f"PUB {self._prefix}{op.key} {self._ack_prefix}{token} {len(value)}\r\n".encode()
+                + value
+                + b"\r\n"
+            )
+        block = f"NATS/1.0\r\n{hdr}\r\n".encode()
+        sizes = f"{len(block)} {len(block) + len(value)}"
+        return (
+            f"HPUB {self._prefix}{op.key} {self._ack_prefix}{token} {sizes}\r\n".encode()
+            + block
+            + value
+            + b"\r\n"
+        )
+
+    async def _publish(self, op: WriteOp, token: int) -> None:
+        """``op`` through nats-py's public ``publish`` (where the batch shortcut is unavailable)."""
+        headers: dict[str, str] = {}
+        if op.msg_id is not None:
+            headers["Nats-Msg-Id"] = op.msg_id
+        if op.expected_revision is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(op.expected_revision)
+        if op.value is None:
+            headers["KV-Operation"] = "DEL"
+        await self._nc.publish(
+            self._prefix + op.key,
+            op.value if op.value is not None else b"",
+            reply=f"{self._ack_prefix}{token}",
+            headers=headers or None,
+        )
+
+    async def _drain(self, rnd: _Round, sent: deque[tuple[float, int, int]], level: int) -> None:
+        """Wait until at most ``level`` of ``rnd``'s publishes await their ack; a publish whose
+        ack is later than the timeout is settled as ``ConnectionLost`` (it may still land)."""
+        loop = asyncio.get_running_loop()
+        results = rnd.results
+        while rnd.outstanding > level:
+            while sent and results[sent[0][2]] is not None:
+                sent.popleft()
+            if not sent:  # cannot happen: every unsettled publish is in ``sent``
+                raise AssertionError("write pipeline lost track of a publish")
+            deadline, token, i = sent[0]
+            if loop.time() >= deadline:
+                sent.popleft()
+                self._acks.pop(token, None)
+                rnd.settle(
+                    i, _lost(f"{self._name}/{rnd.ops[i].key}: no publish ack", nats.errors.TimeoutError())
+                )
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            rnd.waiter, rnd.level = waiter, level
+            timer = loop.call_at(deadline, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                rnd.waiter = None
+
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Publish ``ops`` pipelined (up to ``max_inflight`` unacknowledged), one result per op.
 
@@ -786,7 +1091,6 @@ class NatsBucket:
         timeout — the write may still have been applied; retry with the same ``msg_id``).
         Never raises for a per-op failure and never waits longer than the timeout per op.
         """
-        results: list[WriteResult | None] = [None] * len(ops)
         if not ops:
             return []
         try:
@@ -795,89 +1099,81 @@ class NatsBucket:
             return [e] * len(ops)
         nc = self._nc
         loop = asyncio.get_running_loop()
-        timeout = self._timeout
+        rnd = _Round(ops)
+        results = rnd.results
+        acks = self._acks
         # In publish order; acks of one stream come back in order, so the head has the earliest
         # deadline and waiting on it alone bounds every op by the timeout.
-        inflight: deque[tuple[float, str, int, asyncio.Future[Msg]]] = deque()
-
-        def settle(i: int, fut: asyncio.Future[Msg]) -> None:
-            if fut.cancelled() or fut.exception() is not None:
-                exc = fut.exception() if not fut.cancelled() else None
-                results[i] = _lost(f"{self._name}/{ops[i].key}: no publish ack", exc or TimeoutError())
-            else:
-                results[i] = self._ack_result(ops[i], fut.result())
-
-        async def settle_head() -> None:
-            deadline, token, i, fut = inflight.popleft()
-            if not fut.done():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
-            if not fut.done():
-                self._acks.pop(token, None)
-                fut.set_exception(nats.errors.TimeoutError())
-            settle(i, fut)
-
+        sent: deque[tuple[float, int, int]] = deque()
+        window = self._max_inflight
+        n = len(ops)
+        i = 0
         try:
-            for i, op in enumerate(ops):
-                bad = self._check_op(op)
-                if bad is not None:
-                    results[i] = bad
-                    continue
-                while len(inflight) >= self._max_inflight:
-                    await settle_head()
-                if not nc.is_connected:
-                    # nats-py would buffer the publish until a reconnect and we would wait the full
-                    # timeout for an ack; fail now, the engine retries (with the same msg_id).
-                    results[i] = _disconnected(nc, f"{self._name}/{op.key}")
-                    continue
-                headers: dict[str, str] = {}
-                if op.msg_id is not None:
-                    headers["Nats-Msg-Id"] = op.msg_id
-                if op.expected_revision is not None:
-                    headers["Nats-Expected-Last-Subject-Sequence"] = str(op.expected_revision)
-                if op.value is None:
-                    headers["KV-Operation"] = "DEL"
-                token = str(next(self._ack_ids))
-                fut: asyncio.Future[Msg] = loop.create_future()
-                self._acks[token] = fut
-                try:
-                    await nc.publish(
-                        self._prefix + op.key,
-                        op.value if op.value is not None else b"",
-                        reply=self._ack_prefix + token,
-                        headers=headers or None,
-                    )
-                except nats.errors.MaxPayloadError as e:  # the server lowered max_payload since the check
-                    self._acks.pop(token, None)
-                    size = len(op.value or b"")
-                    err = PayloadTooLarge(
-                        f"{self._name}/{op.key}: value is {size} bytes, over the server's max payload",
-                        size=size,
-                        limit=self.max_value_size,
-                    )
-                    err.__cause__ = e
-                    results[i] = err
-                    continue
-                except _PUBLISH_ERRORS as e:
-                    self._acks.pop(token, None)
-                    results[i] = _lost(f"{self._name}/{op.key}: publish failed", e)
-                    continue
-                inflight.append((loop.time() + timeout, token, i, fut))
-            while inflight:
-                await settle_head()
+            while i < n:
+                if rnd.outstanding >= window:
+                    await self._drain(rnd, sent, window // 2)
+                # One batch: as many ops as the window has room for (at most _BATCH).
+                room = min(window - rnd.outstanding, _BATCH)
+                commands: list[bytes] = []
+                tokens: list[tuple[int, int]] = []
+                size = 0
+                deadline = loop.time() + self._timeout
+                while i < n and len(tokens) < room:
+                    op = ops[i]
+                    bad = self._check_op(op)
+                    if bad is None and (not nc.is_connected or nc.is_draining_pubs):
+                        # nats-py would buffer the publish until a reconnect and we would wait the
+                        # full timeout for an ack; fail now, the engine retries (same msg_id).
+                        bad = _disconnected(nc, f"{self._name}/{op.key}")
+                    if bad is None and op.value is not None and len(op.value) > nc.max_payload:
+                        # the server lowered max_payload since the check
+                        bad = PayloadTooLarge(
+                            f"{self._name}/{op.key}: value is {len(op.value)} bytes, over the server's "
+                            "max payload",
+                            size=len(op.value),
+                            limit=self.max_value_size,
+                        )
+                    if bad is not None:
+                        results[i] = bad
+                        i += 1
+                        continue
+                    token = next(self._ack_ids)
+                    acks[token] = (rnd, i)
+                    rnd.outstanding += 1
+                    if self._batch:
+                        commands.append(self._command(op, token))
+                        size += len(op.value or b"")
+                        tokens.append((token, i))
+                    else:
+                        try:
+                            await self._publish(op, token)
+                        except _PUBLISH_ERRORS as e:
+                            acks.pop(token, None)
+                            rnd.settle(i, _lost(f"{self._name}/{op.key}: publish failed", e))
+                            i += 1
+                            continue
+                        tokens.append((token, i))
+                    sent.append((deadline, token, i))
+                    i += 1
+                if commands:
+                    try:
+                        await self._wire.send(commands, len(commands), size)
+                    except _PUBLISH_ERRORS as e:
+                        for token, j in tokens:
+                            acks.pop(token, None)
+                            rnd.settle(j, _lost(f"{self._name}/{ops[j].key}: publish failed", e))
+            await self._drain(rnd, sent, 0)
         finally:
-            # Cancelled midway: forget our futures so late acks are dropped, not leaked.
-            for _d, token, _i, fut in inflight:
-                self._acks.pop(token, None)
-                if not fut.done():
-                    fut.cancel()
+            # Cancelled midway: forget our tokens so late acks are dropped, not leaked.
+            for _d, token, _i in sent:
+                acks.pop(token, None)
 
         if any(r is _NO_RESPONDERS for r in results):
             # No responders on a KV subject: the stream is gone, or JetStream is not ready.
             gone = await self._check_exists(nats.errors.NoRespondersError())
-            for i, r in enumerate(results):
+            for j, r in enumerate(results):
                 if r is _NO_RESPONDERS:
-                    results[i] = gone
+                    results[j] = gone
         return [r if r is not None else StoreError("write result missing") for r in results]
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -902,12 +1198,14 @@ class NatsBucket:
             await w.aclose()
         sub, self._ack_sub = self._ack_sub, None
         if sub is not None:
+            self._wire.unroute(sub)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for fut in self._acks.values():
-            if not fut.done():
-                fut.cancel()
-        self._acks.clear()
+        acks, self._acks = self._acks, {}
+        for rnd, i in acks.values():
+            rnd.settle(
+                i, _lost(f"{self._name}/{rnd.ops[i].key}: bucket closed before the ack", TimeoutError())
+            )
 
 
 class _NoResponders(StoreError):
