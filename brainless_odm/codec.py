@@ -32,10 +32,27 @@ _EXCLUDE_UUID = {"uuid"}
 def encode(doc: Document, *, location: str, changed: Iterable[str], write_id: str) -> bytes:
     """The bytes stored for ``doc``."""
     body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=_EXCLUDE_UUID)
-    meta = orjson.dumps({"loc": location, "ch": sorted(changed), "w": write_id})
+    meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed))
+    meta += orjson.dumps(write_id) + b"}"
     if body == b"{}":
         return b'{"_odm":' + meta + b"}"
     return body[:-1] + b',"_odm":' + meta + b"}"
+
+
+_META_HEADS: dict[tuple[str, frozenset[str]], bytes] = {}
+
+
+def _meta_head(location: str, changed: frozenset[str]) -> bytes:
+    """``{"loc":...,"ch":[...],"w":`` for one location and set of changed fields: the same few
+    combinations recur for every write, so they are serialised once (bounded cache)."""
+    key = (location, changed)
+    head = _META_HEADS.get(key)
+    if head is None:
+        head = orjson.dumps({"loc": location, "ch": sorted(changed), "w": None})[: -len(b"null}")]
+        if len(_META_HEADS) >= 4096:
+            _META_HEADS.clear()
+        _META_HEADS[key] = head
+    return head
 
 
 def decode(cls: type[D], key: str, value: bytes) -> D:

@@ -309,15 +309,17 @@ class Collection(Generic[D]):
         assert self.bucket is not None
         delay = 0.05
         while True:
+            applied = self.applied
+            watch = self.bucket.watch(applied)
             try:
-                async for entry in self.bucket.watch(self.applied):
-                    delay = 0.05
-                    try:
-                        self.apply(entry)
-                    except Exception:
-                        log.exception(
-                            "%s: applying revision %d of %s failed", self.name, entry.revision, entry.key
-                        )
+                deliver_to = getattr(watch, "deliver_to", None)
+                if deliver_to is not None:
+                    # The store can hand entries over as they arrive (NATS: from the connection's
+                    # reader): no queue and no task switch per entry, which is most of what the
+                    # echo of a large flush and a remote change's latency cost.
+                    deliver_to(self._apply_logged)
+                async for entry in watch:
+                    self._apply_logged(entry)
                 log.warning("%s: the watch ended (bucket deleted?); restarting it", self.name)
             except ConnectionClosed as err:
                 log.error("%s: watch stopped: %s", self.name, err)
@@ -326,8 +328,23 @@ class Collection(Generic[D]):
                 log.warning(
                     "%s: watch interrupted (%s); resuming after revision %d", self.name, err, self.applied
                 )
+            finally:
+                # Closed here, not left to the finalizer: a sink must not apply entries to a
+                # collection whose watch was cancelled (Database.stop).
+                aclose = getattr(watch, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+            if self.applied > applied:
+                delay = 0.05  # it made progress before failing: not a failing loop
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _apply_logged(self, entry: Entry) -> None:
+        try:
+            self.apply(entry)
+        except Exception:
+            log.exception("%s: applying revision %d of %s failed", self.name, entry.revision, entry.key)
 
     def apply(self, entry: Entry) -> None:
         """Apply one entry from the bucket made by anyone (ourselves included)."""

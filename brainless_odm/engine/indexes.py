@@ -72,6 +72,18 @@ class FieldIndex:
 
     def bulk_load(self, pairs: Iterable[tuple[str, Any]]) -> None:
         """Index many (key, value) pairs at once (load): one sort instead of n inserts."""
+        if self.sorted is None:  # the usual case: _hash_add inlined, it runs once per document
+            h = self.hash
+            for key, value in pairs:
+                held = h.get(value)
+                if held is None:
+                    h[value] = key
+                elif type(held) is str:
+                    if held != key:
+                        h[value] = {held, key}
+                else:
+                    held.add(key)  # type: ignore[union-attr]
+            return
         ordered: list[tuple[Any, str]] = []
         for key, value in pairs:
             self._hash_add(key, value)

@@ -66,7 +66,7 @@ class Manager(Generic[D]):
             # A document plus overrides is a template for a new one: its uuid stays behind.
             new = model(**{**doc.__dict__, "uuid": None, **fields}) if fields else doc
         elif isinstance(doc, Mapping):
-            new = model.model_validate({**doc, **fields})
+            new = model.model_validate(doc if not fields and type(doc) is dict else {**doc, **fields})
         else:
             raise TypeError(
                 f"{model.__name__}.objects.add() takes a {model.__name__}, a dict or fields, got {doc!r}"

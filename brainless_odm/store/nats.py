@@ -530,6 +530,7 @@ class _WatchState:
         self._closed = False
         self._held_flow: list[str] = []
         self._reconnects = 0
+        self.sink: Callable[[Entry], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -575,7 +576,15 @@ class _WatchState:
         self._last = seq
         op, reason = _entry_kind(headers)
         key = subject[len(self._bucket._prefix) :]
-        self._queue.append(Entry(key, data if op is Operation.PUT else b"", seq, op, reason))
+        entry = Entry(key, data if op is Operation.PUT else b"", seq, op, reason)
+        sink = self.sink
+        if sink is not None and not self._queue:
+            try:
+                sink(entry)
+            except Exception:
+                log.exception("watch %s: the sink failed on revision %d of %s", self._bucket.name, seq, key)
+            return
+        self._queue.append(entry)
         self._ready.set()
 
     async def _run_monitor(self) -> None:
@@ -670,6 +679,14 @@ class NatsWatch:
 
     async def __anext__(self) -> Entry:
         return await self._state.__anext__()
+
+    def deliver_to(self, sink: Callable[[Entry], None]) -> None:
+        """Hand entries to ``sink`` as they arrive, called synchronously by the connection's
+        reader, instead of queueing them for iteration: no queue and no task switch per entry.
+        Iterating the watch is still what starts it and what surfaces its errors; it yields only
+        entries that were queued before this call. ``sink`` must not block; an exception from it
+        is logged and the entry counts as delivered."""
+        self._state.sink = sink
 
     async def aclose(self) -> None:
         """Stop watching: unsubscribe and delete the server-side consumer. Idempotent."""

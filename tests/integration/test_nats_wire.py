@@ -115,8 +115,9 @@ async def test_missing_acks_time_out(nats_url: str, shortcuts: bool) -> None:
         results = await bucket.write([WriteOp(f"k{i}", b"x", expected_revision=0) for i in range(10)])
         took = time.monotonic() - started
         assert all(isinstance(r, ConnectionLost) for r in results), results
-        assert took < 3.0
-        assert sub.pending_msgs >= 4 or sub.delivered >= 4  # they were sent
+        assert took < 5.0, took  # three rounds of the 0.3 s timeout, on a loaded machine
+        await listener.flush()
+        assert sub.pending_msgs == 10, sub.pending_msgs  # all were sent
         await bucket.close()
     finally:
         await nc.close()
