@@ -113,9 +113,12 @@ class BrainlessDataset(Dataset):
         add = self.coll.add
         self.keys = [str(add(doc).uuid) for doc in docs]
         await self.writer.flush()
+
+    async def after_write(self) -> None:
         # Node A's job is done; stop it so it does not watch the later workloads.
-        await self.writer.stop()
-        self.writer = None
+        if self.writer is not None:
+            await self.writer.stop()
+            self.writer = None
 
     async def open_reader(self) -> Reader:
         db, coll = await self._node(self.impl.ctx.nc_b, FLUSH_INTERVAL)

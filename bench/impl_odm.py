@@ -95,9 +95,12 @@ class OdmDataset(Dataset):
             keys.append(uuid)
         self.keys = keys
         await self.writer.flush()
+
+    async def after_write(self) -> None:
         # Node A's job is done; stop it so it does not watch the later workloads.
-        await self.writer.stop()
-        self.writer = None
+        if self.writer is not None:
+            await self.writer.stop()
+            self.writer = None
 
     async def open_reader(self) -> Reader:
         return OdmReader(await self._node(self.impl.ctx.nc_b, "node-b", FLUSH_INTERVAL))

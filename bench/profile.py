@@ -66,6 +66,7 @@ async def main(args: argparse.Namespace) -> None:
                 await _profile(f"write-{args.n}", lambda: ds.write(docs), args)
             else:
                 await ds.write(docs)
+            await ds.after_write()
             reader: Reader
             if "load" in args.workload:
                 reader = await _profile(f"load-{args.n}", ds.open_reader, args)

@@ -17,7 +17,9 @@ IMPLS = ("raw", "brainlessdb", "odm")
 #: (metric key, label, unit, scale from stored unit to shown unit)
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("write_s", "write N + flush", "s"),
+    ("write_gc_s", "… of which cyclic GC", "s"),
     ("load_s", "cold load N", "s"),
+    ("load_gc_s", "… of which cyclic GC", "s"),
     ("eq_us", "indexed equality query", "µs"),
     ("range_us", "indexed range query", "µs"),
     ("scan_us", "full-scan filter (non-indexed)", "µs"),

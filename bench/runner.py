@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import assign, data
 from bench.common import (
+    GC_CLOCK,
     Dataset,
     Implementation,
     Reader,
@@ -134,6 +135,7 @@ async def run_size(
             lane.failed = True
     live = [lane for lane in lanes if not lane.failed]
     writes: dict[str, list[float]] = {lane.impl.name: [] for lane in lanes}
+    write_gc: dict[str, list[float]] = {lane.impl.name: [] for lane in lanes}
 
     # write: every repetition into a fresh bucket; the last one stays for the other workloads.
     async def write(lane: _Lane) -> None:
@@ -144,6 +146,8 @@ async def run_size(
         await quiesce()
         seconds, _ = await timed(lambda: lane.ds.write(docs))  # type: ignore[union-attr]
         writes[lane.impl.name].append(seconds)
+        write_gc[lane.impl.name].append(GC_CLOCK.last)
+        await lane.ds.after_write()  # type: ignore[union-attr]
         await quiesce()
 
     try:
@@ -154,6 +158,7 @@ async def run_size(
                 if writes[lane.impl.name]:
                     lane.cell.metrics["write_s"] = median(writes[lane.impl.name])
                     lane.cell.metrics["write_runs"] = writes[lane.impl.name]
+                    lane.cell.metrics["write_gc_s"] = median(write_gc[lane.impl.name])
         if wants & READER_WORKLOADS:
             await _measure_readers(live, n, plan, wants)
     finally:
@@ -189,6 +194,7 @@ async def _measure_readers(live: Sequence[_Lane], n: int, plan: Plan, wants: set
         await _step(live, "memory", memory)
 
     loads: dict[str, list[float]] = {lane.impl.name: [] for lane in live}
+    load_gc: dict[str, list[float]] = {lane.impl.name: [] for lane in live}
 
     async def load(lane: _Lane) -> None:
         assert lane.ds is not None
@@ -198,6 +204,7 @@ async def _measure_readers(live: Sequence[_Lane], n: int, plan: Plan, wants: set
             await quiesce()
         seconds, lane.reader = await timed(lane.ds.open_reader)
         loads[lane.impl.name].append(seconds)
+        load_gc[lane.impl.name].append(GC_CLOCK.last)
 
     for _ in range(plan.load_repeats(n)):
         await _step(live, "load", load)
@@ -207,6 +214,7 @@ async def _measure_readers(live: Sequence[_Lane], n: int, plan: Plan, wants: set
         m = lane.cell.metrics
         m["load_s"] = median(loads[lane.impl.name])
         m["load_runs"] = loads[lane.impl.name]
+        m["load_gc_s"] = median(load_gc[lane.impl.name])
         m["loaded"] = lane.reader.count()
         if lane.reader.count() != n:
             lane.cell.warnings.append(f"loaded {lane.reader.count()} documents, expected {n}")
