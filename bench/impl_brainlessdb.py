@@ -97,6 +97,7 @@ class BrainlessDataset(Dataset):
         self.cls = cls
         self.bucket = cls.__name__
         self.writer: BrainlessDB | None = None
+        self.coll: Collection[Any] | None = None
         self.keys: list[str] = []
 
     async def _node(self, nc: Any, flush_interval: float) -> tuple[BrainlessDB, Collection[Any]]:
@@ -110,6 +111,7 @@ class BrainlessDataset(Dataset):
 
     async def write(self, docs: Sequence[Doc]) -> None:
         assert self.writer is not None
+        assert self.coll is not None
         add = self.coll.add
         self.keys = [str(add(doc).uuid) for doc in docs]
         await self.writer.flush()
@@ -119,6 +121,9 @@ class BrainlessDataset(Dataset):
         if self.writer is not None:
             await self.writer.stop()
             self.writer = None
+        # ... and let its documents go: the other implementations' writes should not pay garbage
+        # collection passes over them.
+        self.coll = None
 
     async def open_reader(self) -> Reader:
         db, coll = await self._node(self.impl.ctx.nc_b, FLUSH_INTERVAL)

@@ -147,7 +147,7 @@ async def run_size(
         seconds, _ = await timed(lambda: lane.ds.write(docs))  # type: ignore[union-attr]
         writes[lane.impl.name].append(seconds)
         write_gc[lane.impl.name].append(GC_CLOCK.last)
-        await lane.ds.after_write()  # type: ignore[union-attr]
+        await lane.ds.after_write()
         await quiesce()
 
     try:
