@@ -39,7 +39,7 @@ __all__ = ["KEY_PATTERN", "Document", "DocumentInfo", "mark_dirty"]
 # What NATS KV accepts as a key (and therefore what a document uuid may be).
 KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
 RESERVED = frozenset({"uuid", "objects", "dirty_fields", "is_dirty", "delete"})
-_SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_rev")
+_SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_raw", "_odm_rev")
 _IMMUTABLE_SCALARS: frozenset[Any] = frozenset({str, int, float, bool, bytes, type(None), _uuid.UUID})
 
 
@@ -125,6 +125,41 @@ def _is_mutable(tp: Any) -> bool:
     return True  # Any, TypeVars, forward references: assume the worst
 
 
+class _TrackedField:
+    """The attribute of a tracked field (a container or a nested model) on a document class.
+
+    Reads the field from the instance ``__dict__`` as Pydantic would, except that a document the
+    engine decoded from the store (load, another node's create) holds its containers plain until
+    one of them is first read: wrapping them for change tracking is then done once, for every
+    tracked field of that document. Nobody outside the document can hold those containers before
+    that read, so no in-place change can escape tracking; most loaded documents are only queried
+    (by ``__dict__``), and never pay for it. Assignment goes through ``Document.__setattr__``.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Document | None, objtype: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.name)  # as Pydantic: fields are not class attributes
+        try:
+            raw = obj._odm_raw
+        except AttributeError:  # an instance made without __init__ (unpickled, model_construct)
+            raw = False
+        if raw:
+            obj._odm_materialize()
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
+
+    def __set__(self, obj: Document, value: Any) -> None:
+        # Only object.__setattr__ gets here (Document.__setattr__ writes __dict__ itself).
+        obj.__dict__[self.name] = value
+
+
 class DocumentMeta(ModelMetaclass):
     """Validates the ODM parts of a ``Document`` class and registers it. No I/O."""
 
@@ -202,6 +237,8 @@ class DocumentMeta(ModelMetaclass):
             fast_decode=config.get("extra") in (None, "ignore"),
         )
         doc_cls.__odm__ = info
+        for name in tracked:
+            type.__setattr__(doc_cls, name, _TrackedField(name))
         # Each class its own DoesNotExist / MultipleObjectsReturned, so `except Call.DoesNotExist`
         # does not swallow a Queue lookup failing in the same block.
         doc_cls.DoesNotExist = type(
@@ -247,11 +284,14 @@ class Document(BaseModel, metaclass=DocumentMeta):
         _odm_dirty: set[str] | frozenset[str]
         _odm_inflight: frozenset[str]
         _odm_rev: int
+        _odm_raw: bool
 
     def model_post_init(self, context: Any, /) -> None:
         _init_state(self)
 
     def __copy__(self) -> Self:
+        if self._odm_raw:  # the copy shares the containers: they must be tracked ones
+            self._odm_materialize()
         new = super().__copy__()
         _init_state(new)
         return new
@@ -307,10 +347,26 @@ class Document(BaseModel, metaclass=DocumentMeta):
     def _odm_track(self, name: str, replaced: Any = None) -> None:
         """Link the containers of field ``name`` to this document; cut the link of the value it
         ``replaced`` (the link lives in the containers themselves: no per-document table)."""
+        if self._odm_raw:
+            self._odm_materialize(skip=name)
         if replaced is not None:
             cut_link(replaced)
         d = self.__dict__
         d[name] = wrap(d[name], FieldLink(self, name))
+
+    def _odm_materialize(self, skip: str | None = None) -> None:
+        """Wrap the plain containers of a document decoded from the store (see _TrackedField)."""
+        _set_raw(self, False)
+        d = self.__dict__
+        for name in type(self).__odm__.tracked:
+            if name != skip:
+                d[name] = wrap(d[name], FieldLink(self, name))
+
+    def __iter__(self) -> Any:
+        # Pydantic yields the __dict__ values: containers handed out must be tracked ones.
+        if self._odm_raw:
+            self._odm_materialize()
+        return super().__iter__()
 
     def _odm_snapshot(self) -> Self:
         """A detached copy of this document as it is now, for event callbacks' ``old``.
@@ -333,6 +389,9 @@ class Document(BaseModel, metaclass=DocumentMeta):
         return new
 
     def _odm_untrack(self) -> None:
+        if self._odm_raw:
+            _set_raw(self, False)  # nothing was linked; the plain containers stay as they are
+            return
         d = self.__dict__
         for name in type(self).__odm__.tracked:
             cut_link(d[name])
@@ -388,6 +447,10 @@ _CLEAN: frozenset[str] = frozenset()
 _set_dirty = object.__setattr__
 
 
+def _set_raw(doc: Document, raw: bool) -> None:
+    object.__setattr__(doc, "_odm_raw", raw)
+
+
 def mark_dirty(doc: Document, names: Iterable[str]) -> None:
     """Add ``names`` to the document's dirty fields. Clean documents share one empty frozenset
     (most documents are clean most of the time: a set each would cost memory and GC time)."""
@@ -399,6 +462,7 @@ def mark_dirty(doc: Document, names: Iterable[str]) -> None:
 
 
 def _init_state(doc: Document) -> None:
+    object.__setattr__(doc, "_odm_raw", False)
     object.__setattr__(doc, "_odm_coll", None)
     object.__setattr__(doc, "_odm_dirty", _CLEAN)
     object.__setattr__(doc, "_odm_inflight", _CLEAN)  # shared: frozenset() is a new object each time

@@ -50,6 +50,7 @@ _slot_coll = Document.__dict__["_odm_coll"].__set__
 _slot_rev = Document.__dict__["_odm_rev"].__set__
 _slot_dirty = Document.__dict__["_odm_dirty"].__set__
 _slot_inflight = Document.__dict__["_odm_inflight"].__set__
+_slot_raw = Document.__dict__["_odm_raw"].__set__
 _NONE: frozenset[str] = frozenset()
 
 
@@ -161,11 +162,17 @@ class Collection(Generic[D]):
                 holder = next(iter(holders))
                 raise UniqueViolation(self.name, name, value, None if holder == key else holder)
 
-    def _attach(self, doc: D, key: str, rev: int) -> None:
+    def _attach(self, doc: D, key: str, rev: int, *, decoded: bool = False) -> None:
+        """Store ``doc`` under ``key``. ``decoded``: made by the engine from stored bytes, so no one
+        else holds its containers and their tracking can wait for their first read."""
         _slot_coll(doc, self)
         _slot_rev(doc, rev)
-        for name in self.info.tracked:
-            doc._odm_track(name)
+        if decoded:
+            if self.info.tracked:
+                _slot_raw(doc, True)
+        else:
+            for name in self.info.tracked:
+                doc._odm_track(name)
         self.docs[key] = doc
         d = doc.__dict__
         for name, idx in self.indexes.items():
@@ -292,8 +299,8 @@ class Collection(Generic[D]):
             doc.__dict__["uuid"] = entry.key
             _slot_coll(doc, self)
             _slot_rev(doc, entry.revision)
-            for name in tracked:
-                doc._odm_track(name)
+            if tracked:
+                _slot_raw(doc, True)  # tracked from the first read of a container (_TrackedField)
             docs[entry.key] = doc
         for name, idx in self.indexes.items():
             idx.bulk_load((k, d.__dict__[name]) for k, d in docs.items())
@@ -399,7 +406,7 @@ class Collection(Generic[D]):
             return
         if doc is None:
             self.base.pop(key, None)
-            self._attach(remote, key, entry.revision)
+            self._attach(remote, key, entry.revision, decoded=True)
             if self._wants_change(False):
                 self._fire_change(None, remote, False)
             return
@@ -445,7 +452,9 @@ class Collection(Generic[D]):
             if idx is not None:
                 idx.remove(key, old)
                 idx.add(key, new)
-            if name in self.info.tracked:
+            if name in self.info.tracked and (not doc._odm_raw or self._wants_field(name, False)):
+                # A document still raw keeps the remote's container plain (nobody holds it), unless
+                # a callback is about to be handed it as ``new``.
                 doc._odm_track(name, old)
             changes.append((name, old, new))
         _slot_rev(doc, revision)

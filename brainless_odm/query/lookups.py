@@ -143,9 +143,13 @@ def _getter(names: tuple[str, ...]) -> Getter:
         name = names[0]
         return lambda doc: doc.__dict__[name]
 
+    first, rest = names[0], names[1:]
+
     def get(doc: Any) -> Any:
-        obj = doc
-        for n in names:
+        # The document's own field from __dict__ (reading it as an attribute would set up change
+        # tracking of a freshly loaded document just to compare a value); nested ones as attributes.
+        obj = doc.__dict__[first]
+        for n in rest:
             if obj is None:
                 return None
             obj = getattr(obj, n)

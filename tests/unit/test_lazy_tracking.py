@@ -1,0 +1,162 @@
+"""Documents the engine decodes from the store (a load, another node's create) keep their containers
+plain until one is first read; every way of reaching a container must still end up tracked."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+from helpers import DbFactory, wait_for
+from pydantic import BaseModel, Field
+
+from brainless_odm import Database, Document, DocumentConfig, MemoryStore, Registry
+
+registry = Registry()
+
+
+class Caller(BaseModel):
+    number: str
+    city: str | None = None
+
+
+class Lazy(Document):
+    model_config = DocumentConfig(registry=registry)
+
+    name: str = ""
+    tags: list[str] = Field(default_factory=list)
+    caller: Caller | None = None
+    meta: dict[str, list[int]] = Field(default_factory=dict)
+
+
+async def _pair(make_db: DbFactory, count: int = 3) -> tuple[Database, Database, list[str]]:
+    """A writer node and a node that loaded its documents from the store (so they start raw)."""
+    store = MemoryStore()
+    a = await make_db(Lazy, store=store, location="a", flush_interval=60)
+    keys = [
+        Lazy.objects.using(a).add(name=f"n{i}", tags=["x"], caller=Caller(number="1"), meta={"k": [1]}).uuid
+        or ""
+        for i in range(count)
+    ]
+    await a.flush()
+    b = await make_db(Lazy, store=store, location="b", flush_interval=60)
+    return a, b, keys
+
+
+def _raw(db: Database, key: str) -> bool:
+    return bool(Lazy.objects.using(db)[key]._odm_raw)
+
+
+async def _synced(a: Database, b: Database, key: str, check: Any) -> None:
+    await b.flush()
+    await wait_for(lambda: check(Lazy.objects.using(a)[key]), what="the change on the other node")
+
+
+async def test_loaded_documents_start_plain_and_queries_keep_them_so(make_db: DbFactory) -> None:
+    _a, b, keys = await _pair(make_db)
+    assert all(_raw(b, k) for k in keys)
+    objects = Lazy.objects.using(b)
+    assert len(await objects.filter(caller__number="1", name="n1")) == 1
+    assert len(await objects.filter(tags__contains="x")) == 3
+    assert [d.name for d in await objects.order_by("-name")] == ["n2", "n1", "n0"]
+    assert all(_raw(b, k) for k in keys)  # reading scalars and querying wraps nothing
+    doc = objects[keys[0]]
+    assert doc.name == "n0"
+    assert doc.model_dump()["tags"] == ["x"]
+    assert _raw(b, keys[0])
+
+
+async def test_in_place_changes_after_load_are_tracked(make_db: DbFactory) -> None:
+    a, b, keys = await _pair(make_db)
+    objects = Lazy.objects.using(b)
+    objects[keys[0]].tags.append("y")
+    assert objects[keys[0]].is_dirty
+    await _synced(a, b, keys[0], lambda d: d.tags == ["x", "y"])
+
+    objects[keys[1]].caller.city = "Brno"  # type: ignore[union-attr]
+    assert objects[keys[1]].dirty_fields == {"caller"}
+    await _synced(a, b, keys[1], lambda d: d.caller.city == "Brno")
+
+    objects[keys[2]].meta["k"].append(2)
+    await _synced(a, b, keys[2], lambda d: d.meta == {"k": [1, 2]})
+
+
+async def test_containers_reached_by_iteration_or_copy_are_tracked(make_db: DbFactory) -> None:
+    a, b, keys = await _pair(make_db)
+    objects = Lazy.objects.using(b)
+    fields = dict(objects[keys[0]])
+    fields["tags"].append("via-iter")
+    assert objects[keys[0]].is_dirty
+    await _synced(a, b, keys[0], lambda d: d.tags == ["x", "via-iter"])
+
+    shallow = copy.copy(objects[keys[1]])  # shares the containers, which must be tracked ones
+    shallow.tags.append("via-copy")
+    assert objects[keys[1]].is_dirty
+    deep = copy.deepcopy(objects[keys[2]])
+    deep.tags.append("not-stored")
+    assert objects[keys[2]].tags == ["x"]
+
+
+async def test_assigning_one_field_tracks_the_others(make_db: DbFactory) -> None:
+    a, b, keys = await _pair(make_db)
+    doc = Lazy.objects.using(b)[keys[0]]
+    doc.name = "renamed"  # a scalar: nothing to wrap yet
+    assert doc._odm_raw
+    doc.tags = ["new"]  # a tracked field: every tracked field is wrapped now
+    assert not doc._odm_raw
+    doc.meta["k"].append(5)
+    assert doc.dirty_fields == {"name", "tags", "meta"}
+    await _synced(a, b, keys[0], lambda d: (d.name, d.tags, d.meta) == ("renamed", ["new"], {"k": [1, 5]}))
+
+
+async def test_remote_creates_and_updates_of_raw_documents(make_db: DbFactory) -> None:
+    a, b, _keys = await _pair(make_db, count=1)
+    key = Lazy.objects.using(a).add(name="late", tags=["t"]).uuid or ""
+    await a.flush()
+    await wait_for(lambda: key in Lazy.objects.using(b), what="the remote create")
+    assert _raw(b, key)  # created from another node's bytes: plain until read
+
+    seen: list[Any] = []
+    Lazy.objects.using(b).on_field_change("tags", lambda doc, field, old, new: seen.append(new))
+    Lazy.objects.using(a)[key].tags.append("u")
+    await _synced(b, a, key, lambda d: d.__dict__["tags"] == ["t", "u"])
+    assert seen == [["t", "u"]]
+    seen[0].append("callback-scribble")  # the value handed to a callback is not the stored one
+    doc = Lazy.objects.using(b)[key]
+    assert doc.tags == ["t", "u"]
+    assert not doc.is_dirty
+    doc.tags.append("v")
+    await _synced(a, b, key, lambda d: d.tags == ["t", "u", "v"])
+
+
+async def test_remote_update_keeps_an_unread_document_plain(make_db: DbFactory) -> None:
+    a, b, keys = await _pair(make_db, count=1)
+    Lazy.objects.using(a)[keys[0]].tags.append("z")
+    await a.flush()
+    await wait_for(lambda: Lazy.objects.using(b)[keys[0]].__dict__["tags"] == ["x", "z"], what="merge")
+    assert _raw(b, keys[0])
+    Lazy.objects.using(b)[keys[0]].tags.append("w")  # first read: tracked from here
+    await _synced(a, b, keys[0], lambda d: d.tags == ["x", "z", "w"])
+
+
+async def test_delete_and_stop_of_raw_documents(make_db: DbFactory) -> None:
+    a, b, keys = await _pair(make_db, count=2)
+    gone = Lazy.objects.using(b)[keys[0]]
+    assert Lazy.objects.using(b).delete(keys[0])
+    gone.tags.append("after-delete")  # an unstored document now: a plain change, not an error
+    assert gone.tags == ["x", "after-delete"]
+    await b.flush()
+    await wait_for(lambda: keys[0] not in Lazy.objects.using(a), what="the delete")
+    kept = Lazy.objects.using(b)[keys[1]]
+    await b.stop()
+    kept.tags.append("after-stop")
+    assert kept.tags == ["x", "after-stop"]
+
+
+async def test_documents_made_without_init_still_read(make_db: DbFactory) -> None:
+    _a, b, keys = await _pair(make_db, count=1)
+    clone = pickle.loads(pickle.dumps(Lazy.objects.using(b)[keys[0]]))
+    assert clone.tags == ["x"]
+    assert clone.caller == Caller(number="1")
+    built = Lazy.model_construct(name="c", tags=["q"])
+    assert built.tags == ["q"]
