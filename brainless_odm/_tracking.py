@@ -53,15 +53,17 @@ class FieldLink:
         self.doc: Document | None = doc
         self.field = field
         # Nested models registered to this link, by id. Holding them here keeps each id unique
-        # while it is registered (no weak references needed); cut() unregisters them.
-        self.models: list[BaseModel] | None = None
+        # while it is registered (no weak references needed); cut() unregisters them. One model
+        # is held as itself, several in a list: most fields hold one, and a list is one more
+        # object per document for the cyclic GC to visit.
+        self.models: Any = None
 
     def cut(self) -> None:
         """The field was reassigned or its document left the database: stop reporting."""
         self.doc = None
         models = self.models
-        if models:
-            for model in models:
+        if models is not None:
+            for model in models if type(models) is list else (models,):
                 key = id(model)
                 if _MODEL_LINKS.get(key) is self:
                     del _MODEL_LINKS[key]
@@ -326,20 +328,26 @@ def _register(model: BaseModel, link: FieldLink) -> None:
     if old is not None:
         _forget(old, model)
     _MODEL_LINKS[key] = link
-    # A list, not a dict: a field usually holds one nested model, and a dict costs 160 bytes more.
-    if link.models is None:
-        link.models = [model]
+    held = link.models  # None, one model, or a list of them (see FieldLink)
+    if held is None:
+        link.models = model
+    elif type(held) is list:
+        held.append(model)
     else:
-        link.models.append(model)
+        link.models = [held, model]
 
 
 def _forget(link: FieldLink, model: BaseModel) -> None:
     models = link.models
-    if models:
+    if models is None:
+        return
+    if type(models) is list:
         for i, m in enumerate(models):
             if m is model:
                 del models[i]
                 break
+    elif models is model:
+        link.models = None
 
 
 def _unregister(model: Any, link: FieldLink) -> None:
