@@ -340,8 +340,11 @@ list; deterministic seed):
   `await Database(...).start()`, awaited `filter(...)` querysets, `on_change`.
 
 Every implementation and size gets a fresh bucket (or namespace), deleted afterwards. Node A
-(writer) and node B (loader, query node, propagation receiver) use separate connections.
-*write* = add N documents and flush until every put is acknowledged; *load* = a new node reading
+(writer) and node B (loader, query node, propagation receiver) use separate connections, and each
+implementation its own pair (brainless_odm installs shortcuts on the nats-py clients it uses).
+*write* = add N documents and flush until every put is acknowledged (stopping the writer afterwards
+is not timed); *… of which cyclic GC* = the time Python's garbage collector ran inside the timed
+write or load (`gc.callbacks`); *load* = a new node reading
 all N; queries are the median over many calls with varying arguments (equality: ~N/50 hits;
 range: ~1 % of N; scan: ~12.5 % of N); *propagation* = one change at a time on node A
 (`flush_interval=0`) until node B's callback runs, after 10 warm-ups; *memory* = tracemalloc
