@@ -276,11 +276,11 @@ class Database:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        for coll in self._collections.values():
-            await coll.stop_watch()
         task = self._flush_task
         if task is not None and not task.done():
             await cancel_and_wait(task)
+        for coll in self._collections.values():
+            await coll.stop_watch()
         for coll in self._collections.values():
             coll.detach_all()
             await coll.listeners.drain()
@@ -358,6 +358,10 @@ class Database:
         self._flush_task = asyncio.get_running_loop().create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
+        if self._state != "started":
+            # Its timer fired while stop() was flushing: that flush wrote everything there was.
+            self._flush_task = None
+            return
         try:
             await self.flush()
         except FlushError as exc:
