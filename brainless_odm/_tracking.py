@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from pydantic import BaseModel
 
+from ._fieldsets import unshare
+
 if TYPE_CHECKING:
     from .document import Document
 
@@ -474,6 +476,7 @@ def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
     it; the old ``__dict__`` (Pydantic builds a new one) and fields-set go back, so a rejected
     assignment changes nothing."""
     old_dict = model.__dict__
+    unshare(model, name)
     was_set = name in model.__pydantic_fields_set__
     try:
         model.__pydantic_validator__.validate_assignment(model, name, value)
@@ -495,6 +498,8 @@ def install_hook(model_cls: type[Any]) -> None:
     def __setattr__(self: Any, name: str, value: Any) -> None:
         link = _link_of(self)
         if link is None or link.doc is None:
+            if is_model:
+                unshare(self, name)  # Pydantic may add ``name`` to its fields-set (_fieldsets)
             original(self, name, value)
             return
         fields = type(self).model_fields if is_model else self.__dataclass_fields__
@@ -524,5 +529,6 @@ def install_hook(model_cls: type[Any]) -> None:
             d[name] = wrap(new, link)
         link.changed(None, snapshot)
 
+    __setattr__._odm_hook = True  # type: ignore[attr-defined]  # its fields-set may be shared
     model_cls.__setattr__ = __setattr__  # type: ignore[assignment]
     model_cls.__odm_hooked__ = True

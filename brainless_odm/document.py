@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import exceptions
 from ._compat import ModelMetaclass
+from ._fieldsets import SharedFieldsSet, unshare
 from ._tracking import FieldLink, cut_link, holds_raw_data, install_hook, validate_assignment, wrap
 from .config import CollectionOptions, collection_options
 from .exceptions import DatabaseError, DefinitionError
@@ -308,6 +309,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
             if name in _SLOTS:
                 object.__setattr__(self, name, value)
             else:
+                unshare(self, name)  # an extra="allow" attribute joins the fields-set
                 super().__setattr__(name, value)
             return
         d = self.__dict__
@@ -382,7 +384,10 @@ class Document(BaseModel, metaclass=DocumentMeta):
             if v is not None:
                 d[name] = copy.deepcopy(v)
         object.__setattr__(new, "__dict__", d)
-        object.__setattr__(new, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        fields_set = self.__pydantic_fields_set__
+        if type(fields_set) is not SharedFieldsSet:
+            fields_set = set(fields_set)
+        object.__setattr__(new, "__pydantic_fields_set__", fields_set)
         object.__setattr__(new, "__pydantic_extra__", copy.copy(self.__pydantic_extra__))
         object.__setattr__(new, "__pydantic_private__", copy.copy(self.__pydantic_private__))
         _init_state(new)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import codec
+from .._fieldsets import share
 from ..document import Document, mark_dirty
 from ..exceptions import (
     ConnectionClosed,
@@ -201,6 +202,7 @@ class Collection(Generic[D]):
             raise UniqueViolation(self.name, "uuid", key, key)
         self._check_unique(None, doc.__dict__)
         doc.__dict__["uuid"] = key
+        share(doc)
         _slot_dirty(doc, _NONE)
         _slot_inflight(doc, _NONE)
         if key in self.deletes:
@@ -297,6 +299,7 @@ class Collection(Generic[D]):
                 poison.append((entry, exc))
                 continue
             doc.__dict__["uuid"] = entry.key
+            share(doc)
             _slot_coll(doc, self)
             _slot_rev(doc, entry.revision)
             if tracked:
@@ -404,6 +407,7 @@ class Collection(Generic[D]):
             task = asyncio.ensure_future(self.db.dead_letter(self, entry, exc, remove=doc is None))
             self.db.background(task)
             return
+        share(remote)
         if doc is None:
             self.base.pop(key, None)
             self._attach(remote, key, entry.revision, decoded=True)
