@@ -75,11 +75,12 @@ class _Plan:
     """How instances of one model class share: the sets handed out, and the fields that can hold
     nested models (whose instances share too)."""
 
-    __slots__ = ("nested", "variants")
+    __slots__ = ("last", "nested", "variants")
 
     def __init__(self, nested: tuple[str, ...]) -> None:
         self.nested = nested
         self.variants: dict[frozenset[str], SharedFieldsSet] = {}
+        self.last: SharedFieldsSet | None = None  # the one handed out last: usually the next one too
 
 
 #: Distinct fields-sets handed out per class; past this, instances keep their own (no unbounded
@@ -89,6 +90,8 @@ MAX_VARIANTS = 64
 #: model class -> its plan, or None for classes that do not share (unguarded assignment).
 _PLANS: dict[type[Any], _Plan | None] = {}
 _SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_get_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__get__
 
 
 def _mentions_model(annotation: Any) -> bool:
@@ -115,37 +118,48 @@ def _plan_of(cls: type[Any]) -> _Plan | None:
 def share(model: BaseModel) -> None:
     """Give ``model`` (a stored document or a model nested in one), and every model nested in it,
     the shared fields-set equal to its own."""
-    plan = _PLANS.get(type(model)) or _plan_of(type(model))
-    if plan is None:
-        return
-    fs = model.__pydantic_fields_set__
+    t = type(model)
+    plan = _PLANS[t] if t in _PLANS else _plan_of(t)
+    if plan is not None:
+        _share(model, plan)
+
+
+def _share(model: Any, plan: _Plan) -> None:
+    fs = _get_fields_set(model)
     if type(fs) is set:
-        key = frozenset(fs)
-        shared = plan.variants.get(key)
-        if shared is None and len(plan.variants) < MAX_VARIANTS:
-            shared = plan.variants[key] = SharedFieldsSet(key)
+        shared = plan.last
+        if shared is None or fs != shared:
+            key = frozenset(fs)
+            shared = plan.variants.get(key)
+            if shared is None:
+                if len(plan.variants) >= MAX_VARIANTS:
+                    shared = None
+                else:
+                    shared = plan.variants[key] = SharedFieldsSet(key)
+            plan.last = shared
         if shared is not None:
-            object.__setattr__(model, "__pydantic_fields_set__", shared)
+            _set_fields_set(model, shared)
     if plan.nested:
         d = model.__dict__
         for name in plan.nested:
-            v = d.get(name)
+            v = d[name]
             if v is not None:
                 _share_value(v)
 
 
 def _share_value(value: Any) -> None:
     t = type(value)
-    if t in _SCALARS:
+    plan = _PLANS[t] if t in _PLANS else _plan_of(t)
+    if plan is not None:
+        _share(value, plan)
+    elif t in _SCALARS:
         return
-    if isinstance(value, (list, tuple, set, frozenset)):
+    elif isinstance(value, (list, tuple, set, frozenset)):
         for v in value:
             _share_value(v)
     elif isinstance(value, dict):
         for v in value.values():
             _share_value(v)
-    elif (_PLANS[t] if t in _PLANS else _plan_of(t)) is not None:
-        share(value)
 
 
 def unshare(model: Any, name: str) -> None:
