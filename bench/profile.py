@@ -36,7 +36,9 @@ async def _profile(label: str, fn: Callable[[], Awaitable[Any]], args: argparse.
         result = await fn()
         cprof.disable()
         buf = io.StringIO()
-        pstats.Stats(cprof, stream=buf).sort_stats("tottime").print_stats(args.top)
+        stats = pstats.Stats(cprof, stream=buf)
+        stats.dump_stats(Path(args.out) / f"profile-{label}.pstats")  # for print_callers() and friends
+        stats.sort_stats("tottime").print_stats(args.top)
         text = buf.getvalue()
     else:
         from pyinstrument import Profiler

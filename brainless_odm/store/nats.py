@@ -32,6 +32,7 @@ from typing import Any, cast
 import nats
 import nats.aio.client
 import nats.errors
+import nats.protocol.parser
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -107,7 +108,11 @@ _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, nats.er
 # * messages for our own subscriptions (publish acks, consumer deliveries) are handed to a plain
 #   function straight from the protocol parser; everything else takes nats-py's own path;
 # * header blocks in the common form (no status line, ASCII) are parsed by a tighter loop that
-#   yields exactly the dict nats-py's parser yields (tests compare the two on generated input).
+#   yields exactly the dict nats-py's parser yields (tests compare the two on generated input);
+# * the protocol parser reads ``MSG``/``HMSG`` with nats-py's own expressions but works through a
+#   received chunk by offset (one copy of it, not two slices and two deletions per message) and
+#   hands messages for our subscriptions over without a coroutine per message; anything else
+#   (``PING``, ``INFO``, ``-ERR``, ...) goes to nats-py's parser with the rest of the chunk.
 #
 # Each shortcut is used only when the client has the internals it needs (checked by name and
 # signature); otherwise the public API is used, which is slower and equally correct.
@@ -154,6 +159,28 @@ def _parse_headers_fast(headers: bytes) -> dict[str, str] | bool | None:
     return out or None
 
 
+# nats-py's control-line expressions without their ``\A``, to match at an offset of a chunk; used
+# only while nats-py's own are exactly these (so a message means the same to both parsers).
+_NATS_MSG_RE = b"\\AMSG\\s+([^\\s]+)\\s+([^\\s]+)\\s+(([^\\s]+)[^\\S\r\n]+)?(\\d+)\r\n"
+_NATS_HMSG_RE = b"\\AHMSG\\s+([^\\s]+)\\s+([^\\s]+)\\s+(([^\\s]+)[^\\S\r\n]+)?([\\d]+)\\s+(\\d+)\r\n"
+_MSG_AT = re.compile(_NATS_MSG_RE[2:])
+_HMSG_AT = re.compile(_NATS_HMSG_RE[2:])
+
+
+def _parser_is_known(nc: Client) -> bool:
+    """Does ``nc``'s protocol parser look exactly like the one the fast parser stands in for?"""
+    mod: Any = nats.protocol.parser
+    ps = getattr(nc, "_ps", None)
+    return (
+        isinstance(ps, getattr(mod, "Parser", ()))
+        and isinstance(getattr(ps, "buf", None), bytearray)
+        and getattr(mod, "AWAITING_CONTROL_LINE", None) == 1
+        and getattr(getattr(mod, "MSG_RE", None), "pattern", None) == _NATS_MSG_RE
+        and getattr(getattr(mod, "HMSG_RE", None), "pattern", None) == _NATS_HMSG_RE
+        and _signature_is(type(ps), "parse", ("self", "data"))
+    )
+
+
 class _Wire:
     """The shortcuts installed on one nats-py client (see above). Get it with :meth:`of`."""
 
@@ -174,10 +201,13 @@ class _Wire:
             and getattr(nats.aio.client, "parse_email", None) is None
             and _signature_is(cls, "_process_headers", ("self", "headers"))
         )
+        self.parser = self.dispatch and _parser_is_known(nc)
         if self.dispatch:
             self._install_dispatch()
         if self.headers:
             self._install_headers()
+        if self.parser:
+            self._install_parser()
 
     @classmethod
     def of(cls, nc: Client) -> _Wire:
@@ -203,6 +233,88 @@ class _Wire:
             await original(sid, subject, reply, data, headers)
 
         self.nc.__dict__["_process_msg"] = process_msg
+
+    def _install_parser(self) -> None:
+        nc: Any = self.nc
+        ps = nc._ps
+        original = ps.parse
+        routes = self.routes
+        stats = nc.stats
+        msg_at = _MSG_AT.match
+        hmsg_at = _HMSG_AT.match
+        # A message whose payload has not all arrived yet: (buffer, bytes it needs). Until then a
+        # chunk only extends the buffer (no copy of a large payload per chunk).
+        waiting: list[Any] = [None, 0]
+
+        async def parse(data: bytes = b"") -> None:
+            buf: bytearray = ps.buf
+            buf.extend(data)
+            if ps.state != 1:  # inside a payload nats-py's parser started: it finishes the chunk
+                await original()
+                return
+            if waiting[0] is buf and len(buf) < waiting[1]:
+                return
+            waiting[0] = None
+            view = bytes(buf)
+            size = len(view)
+            pos = 0
+            count = nbytes = 0  # routed messages and their payload bytes, added to stats at the end
+            while pos < size:
+                first = view[pos]
+                if first == 77:  # M
+                    m = msg_at(view, pos)
+                    if m is None:
+                        break
+                    subject, sid_b, _, reply, total = m.groups()
+                    hlen = 0
+                elif first == 72:  # H
+                    m = hmsg_at(view, pos)
+                    if m is None:
+                        break
+                    subject, sid_b, _, reply, hlen_b, total = m.groups()
+                    hlen = int(hlen_b) if len(hlen_b) < 16 else -1
+                else:
+                    break
+                if hlen < 0 or len(total) > 15 or not sid_b.isdigit() or len(sid_b) > 15:
+                    break  # odd numbers (not digits, absurdly long): nats-py's parser handles them
+                start = m.end()
+                needed = int(total)
+                end = start + needed
+                if end + 2 > size:
+                    waiting[0] = buf
+                    waiting[1] = end + 2 - pos
+                    break
+                if hlen > 0:
+                    headers: bytes | None = view[start : start + hlen]
+                    payload = view[start + hlen : end]
+                else:
+                    headers = None
+                    payload = view[start:end]
+                pos = end + 2
+                sid = int(sid_b)
+                if reply is None:
+                    reply = b""
+                route = routes.get(sid)
+                if route is not None and route(subject, reply, payload, headers):
+                    count += 1
+                    nbytes += len(payload)
+                    continue
+                if count:
+                    stats["in_msgs"] += count
+                    stats["in_bytes"] += nbytes
+                    count = nbytes = 0
+                await nc._process_msg(sid, subject, reply, payload, headers)
+                if ps.buf is not buf:
+                    return  # the parser was reset meanwhile (a reconnect): the chunk is void
+            if count:
+                stats["in_msgs"] += count
+                stats["in_bytes"] += nbytes
+            if pos:
+                del buf[:pos]
+            if buf and waiting[0] is None:
+                await original()  # a line nats-py reads itself (PING, INFO, -ERR, part of a line)
+
+        ps.__dict__["parse"] = parse
 
     def _install_headers(self) -> None:
         original = self.nc._process_headers

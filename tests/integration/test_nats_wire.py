@@ -65,8 +65,9 @@ async def test_shortcuts_engaged_on_shipped_nats_py(nats_client: Client, brainle
     # slow); this test makes that loud instead.
     await _exercise(nats_client, brainless_namespace)
     wire = _Wire.of(nats_client)
-    assert (wire.batch, wire.dispatch, wire.headers) == (True, True, True)
+    assert (wire.batch, wire.dispatch, wire.headers, wire.parser) == (True, True, True, True)
     assert nats_client.__dict__["_process_msg"] is not None
+    assert "parse" in nats_client._ps.__dict__
 
 
 async def test_public_api_fallback(plain_client: Client, brainless_namespace: str) -> None:
