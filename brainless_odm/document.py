@@ -267,7 +267,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
     """
 
     model_config = ConfigDict(validate_assignment=True)
-    __slots__ = _SLOTS
+    __slots__ = (*_SLOTS, "__weakref__")  # weak references work, as on a plain Pydantic model
     __odm__: ClassVar[DocumentInfo]
     DoesNotExist: ClassVar[type[exceptions.DoesNotExist]] = exceptions.DoesNotExist
     MultipleObjectsReturned: ClassVar[type[exceptions.MultipleObjectsReturned]] = (

@@ -558,3 +558,14 @@ async def test_list_of_nested_models_is_tracked(make_db: DbFactory) -> None:
         doc.groups["g"].append("x")  # type: ignore[arg-type]
     assert doc.groups == {"g": [1, 2]}
     assert not doc.is_dirty
+
+
+async def test_documents_take_weak_references(make_db: DbFactory) -> None:
+    import weakref
+
+    db = await make_db(Call)
+    doc = Call.objects.using(db).add(channel_id="weak-1")
+    cache: weakref.WeakValueDictionary[str, Call] = weakref.WeakValueDictionary()
+    cache[doc.uuid or ""] = doc
+    assert weakref.ref(doc)() is doc
+    assert cache[doc.uuid or ""] is doc

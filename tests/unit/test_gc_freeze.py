@@ -57,13 +57,17 @@ async def test_documents_leave_without_the_cyclic_gc(make_db: DbFactory, frozen_
     await db1.flush()
     await wait_for(lambda: len(Frozen.objects.using(db2)) == 50, what="replica")
     keys = sorted(d.uuid or "" for d in m1)[:25]
-    # Documents take no weak references (slots): their nested models stand in for them (a leaked
-    # document keeps its models alive). gc.get_objects() cannot tell: it skips frozen objects.
+    # Weak references to the documents and to their nested models (gc.get_objects() cannot tell:
+    # it skips frozen objects).
     refs = [
         weakref.ref(m)
         for db in (db1, db2)
         for key in keys
-        for m in (Frozen.objects.using(db)[key].caller, *Frozen.objects.using(db)[key].legs)
+        for m in (
+            Frozen.objects.using(db)[key],
+            Frozen.objects.using(db)[key].caller,
+            *Frozen.objects.using(db)[key].legs,
+        )
     ]
     gc.freeze()
     for key in keys:
