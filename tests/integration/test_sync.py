@@ -736,3 +736,36 @@ async def test_entries_expiring_by_bucket_ttl_leave_every_node(
         for db, nc in made:
             await db.stop()
             await nc.close()
+
+
+async def test_a_stopped_node_applies_nothing_more(make_db: DbFactory) -> None:
+    """Changes keep arriving while a node stops (its watch delivers from the connection's reader):
+    once stop() returns, nothing is applied to its collection any more."""
+    a = await make_db(flush_interval=0)
+    b = await make_db()
+    docs = [objects(a).add(channel_id=f"s-{i}") for i in range(50)]
+    await a.flush()
+    await eventually(lambda: len(objects(b)) == 50)
+    held = list(objects(b))
+    coll = b._collections[Call]
+
+    async def keep_writing() -> None:
+        for i in range(60):
+            docs[i % 50].priority = i % 10
+            objects(a).add(channel_id=f"s-new-{i}")
+            await asyncio.sleep(0.002)
+
+    writer = asyncio.create_task(keep_writing())
+    await asyncio.sleep(0.03)
+    await b.stop()
+    applied = coll.applied
+    keys = set(coll.docs)
+    seen = {d.uuid: d.model_dump() for d in held}
+    await writer
+    await a.flush()
+    await asyncio.sleep(0.3)  # time for any late delivery to (wrongly) arrive
+    assert coll.applied == applied
+    assert set(coll.docs) == keys
+    assert {d.uuid: d.model_dump() for d in held} == seen
+    assert all(d._odm_coll is None for d in held)
+    assert len(objects(await make_db())) == 110  # the writes did land
