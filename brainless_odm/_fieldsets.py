@@ -106,8 +106,12 @@ def _plan_of(cls: type[Any]) -> _Plan | None:
     if cls in _PLANS:
         return _PLANS[cls]
     plan: _Plan | None = None
+    # Only where every assignment passes through our __setattr__ first: a Document class that does
+    # not override it, or a nested model class with the hook (_tracking.install_hook).
+    setattr_ = cls.__setattr__
     if issubclass(cls, BaseModel) and (
-        hasattr(cls, "__odm__") or getattr(cls.__setattr__, "_odm_hook", False)
+        (hasattr(cls, "__odm__") and getattr(setattr_, "_odm_guarded", False))
+        or getattr(setattr_, "_odm_hook", False)
     ):
         nested = tuple(name for name, f in cls.model_fields.items() if _mentions_model(f.annotation))
         plan = _Plan(nested)
@@ -142,7 +146,7 @@ def _share(model: Any, plan: _Plan) -> None:
     if plan.nested:
         d = model.__dict__
         for name in plan.nested:
-            v = d[name]
+            v = d.get(name)  # model_construct may have left it out
             if v is not None:
                 _share_value(v)
 

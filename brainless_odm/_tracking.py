@@ -496,10 +496,10 @@ def install_hook(model_cls: type[Any]) -> None:
     is_model = issubclass(model_cls, BaseModel)
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
+        if is_model:
+            unshare(self, name)  # Pydantic may add ``name`` to its fields-set (_fieldsets)
         link = _link_of(self)
         if link is None or link.doc is None:
-            if is_model:
-                unshare(self, name)  # Pydantic may add ``name`` to its fields-set (_fieldsets)
             original(self, name, value)
             return
         fields = type(self).model_fields if is_model else self.__dataclass_fields__

@@ -346,6 +346,8 @@ class Document(BaseModel, metaclass=DocumentMeta):
             self.__dict__[name] = old
             raise
 
+    __setattr__._odm_guarded = True  # type: ignore[attr-defined]  # see _fieldsets
+
     def _odm_track(self, name: str, replaced: Any = None) -> None:
         """Link the containers of field ``name`` to this document; cut the link of the value it
         ``replaced`` (the link lives in the containers themselves: no per-document table)."""

@@ -259,58 +259,63 @@ class _Wire:
             size = len(view)
             pos = 0
             count = nbytes = 0  # routed messages and their payload bytes, added to stats at the end
-            while pos < size:
-                first = view[pos]
-                if first == 77:  # M
-                    m = msg_at(view, pos)
-                    if m is None:
+            try:
+                while pos < size:
+                    first = view[pos]
+                    if first == 77:  # M
+                        m = msg_at(view, pos)
+                        if m is None:
+                            break
+                        subject, sid_b, _, reply, total = m.groups()
+                        hlen = 0
+                    elif first == 72:  # H
+                        m = hmsg_at(view, pos)
+                        if m is None:
+                            break
+                        subject, sid_b, _, reply, hlen_b, total = m.groups()
+                        hlen = int(hlen_b) if len(hlen_b) < 16 else -1
+                    else:
                         break
-                    subject, sid_b, _, reply, total = m.groups()
-                    hlen = 0
-                elif first == 72:  # H
-                    m = hmsg_at(view, pos)
-                    if m is None:
+                    if hlen < 0 or len(total) > 15 or not sid_b.isdigit() or len(sid_b) > 15:
+                        break  # odd numbers (not digits, absurdly long): nats-py's parser handles them
+                    start = m.end()
+                    needed = int(total)
+                    end = start + needed
+                    if end + 2 > size:
+                        waiting[0] = buf
+                        waiting[1] = end + 2 - pos
                         break
-                    subject, sid_b, _, reply, hlen_b, total = m.groups()
-                    hlen = int(hlen_b) if len(hlen_b) < 16 else -1
-                else:
-                    break
-                if hlen < 0 or len(total) > 15 or not sid_b.isdigit() or len(sid_b) > 15:
-                    break  # odd numbers (not digits, absurdly long): nats-py's parser handles them
-                start = m.end()
-                needed = int(total)
-                end = start + needed
-                if end + 2 > size:
-                    waiting[0] = buf
-                    waiting[1] = end + 2 - pos
-                    break
-                if hlen > 0:
-                    headers: bytes | None = view[start : start + hlen]
-                    payload = view[start + hlen : end]
-                else:
-                    headers = None
-                    payload = view[start:end]
-                pos = end + 2
-                sid = int(sid_b)
-                if reply is None:
-                    reply = b""
-                route = routes.get(sid)
-                if route is not None and route(subject, reply, payload, headers):
-                    count += 1
-                    nbytes += len(payload)
-                    continue
-                if count:
-                    stats["in_msgs"] += count
-                    stats["in_bytes"] += nbytes
-                    count = nbytes = 0
-                await nc._process_msg(sid, subject, reply, payload, headers)
-                if ps.buf is not buf:
-                    return  # the parser was reset meanwhile (a reconnect): the chunk is void
-            if count:
-                stats["in_msgs"] += count
-                stats["in_bytes"] += nbytes
-            if pos:
-                del buf[:pos]
+                    if hlen > 0:
+                        headers: bytes | None = view[start : start + hlen]
+                        payload = view[start + hlen : end]
+                    else:
+                        headers = None
+                        payload = view[start:end]
+                    pos = end + 2
+                    sid = int(sid_b)
+                    if reply is None:
+                        reply = b""
+                    route = routes.get(sid)
+                    if route is not None and route(subject, reply, payload, headers):
+                        count += 1
+                        nbytes += len(payload)
+                        continue
+                    if count:
+                        stats["in_msgs"] += count
+                        stats["in_bytes"] += nbytes
+                        count = nbytes = 0
+                    await nc._process_msg(sid, subject, reply, payload, headers)
+                    if ps.buf is not buf:
+                        return  # the parser was reset meanwhile (a reconnect): the chunk is void
+            finally:
+                # Also when a handler raised: what was handed over is consumed and counted, as
+                # nats-py's parser has it. Not after a reset: that buffer is a new connection's.
+                if ps.buf is buf:
+                    if count:
+                        stats["in_msgs"] += count
+                        stats["in_bytes"] += nbytes
+                    if pos:
+                        del buf[:pos]
             if buf and waiting[0] is None:
                 await original()  # a line nats-py reads itself (PING, INFO, -ERR, part of a line)
 

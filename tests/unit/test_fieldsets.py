@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import DbFactory, wait_for
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from brainless_odm import Database, Document, DocumentConfig, MemoryStore, Registry
 from brainless_odm._fieldsets import MAX_VARIANTS, SharedFieldsSet
@@ -247,3 +247,74 @@ async def test_variants_are_bounded(make_db: DbFactory) -> None:
     assert kinds[:MAX_VARIANTS] == [SharedFieldsSet] * MAX_VARIANTS
     assert kinds[MAX_VARIANTS:] == [set] * 10  # past the bound: their own, as Pydantic made them
     assert all(d.model_fields_set == set(s) for d, s in zip(docs, subsets, strict=True))
+
+
+class ExtraLoose(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    a: int = 0
+
+
+class ExtraPlain(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    a: int = 0
+
+
+class Sub(BaseModel):
+    v: int = 0
+
+
+class Inner(BaseModel):
+    a: int = 0
+    sub: Sub
+
+
+class Holder(Document):
+    model_config = DocumentConfig(registry=registry)
+
+    name: str = ""
+    loose: ExtraLoose | None = None
+    plain: ExtraPlain | None = None
+    inner: Inner | None = None
+
+
+class OwnSetattr(Document):
+    model_config = DocumentConfig(registry=registry)
+
+    name: str = ""
+    state: str = ""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "state":
+            BaseModel.__setattr__(self, name, value)  # around brainless_odm: no guard
+        else:
+            super().__setattr__(name, value)
+
+
+async def test_extra_attributes_of_nested_models_unshare_first(make_db: DbFactory) -> None:
+    db = await make_db(Holder)
+    objects = Holder.objects.using(db)
+    x = objects.add(name="x", loose=ExtraLoose(a=1), plain=ExtraPlain(a=1))
+    y = objects.add(name="y", loose=ExtraLoose(a=2), plain=ExtraPlain(a=2))
+    assert x.loose is not None and y.loose is not None and x.plain is not None and y.plain is not None
+    assert x.loose.model_fields_set is y.loose.model_fields_set
+    x.loose.zzz = 5  # type: ignore[attr-defined]
+    x.plain.zzz = 5  # type: ignore[attr-defined]
+    assert x.loose.model_fields_set == {"a", "zzz"} and x.plain.model_fields_set == {"a", "zzz"}
+    assert y.loose.model_fields_set == {"a"} and y.plain.model_fields_set == {"a"}
+
+
+async def test_nested_models_built_without_a_field_are_added(make_db: DbFactory) -> None:
+    db = await make_db(Holder)
+    doc = Holder.objects.using(db).add(Holder(name="c", inner=Inner.model_construct(a=1)))
+    assert doc.inner is not None and doc.inner.model_fields_set == {"a"}
+    await db.flush()
+
+
+async def test_documents_with_their_own_setattr_keep_their_own_sets(make_db: DbFactory) -> None:
+    db = await make_db(OwnSetattr)
+    objects = OwnSetattr.objects.using(db)
+    a = objects.add(name="a")
+    b = objects.add(name="b")
+    assert type(a.model_fields_set) is set and a.model_fields_set is not b.model_fields_set
+    a.state = "s"
+    assert b.model_fields_set == {"name"}

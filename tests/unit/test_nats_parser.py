@@ -60,6 +60,8 @@ def _client(fast: bool) -> tuple[Client, list[Event]]:
         def handle(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
             if sid == 2 and not data.startswith(b"y"):
                 return False
+            if data == b"boom":
+                raise RuntimeError("a handler failed")
             events.append(("route", sid, subject, reply, data, headers))
             return True
 
@@ -75,7 +77,7 @@ async def _feed(nc: Client, chunks: list[bytes]) -> tuple[str | None, dict[str, 
     try:
         for chunk in chunks:
             await nc._ps.parse(chunk)
-    except ProtocolError as exc:
+    except (ProtocolError, RuntimeError) as exc:
         error = type(exc).__name__
     return error, {k: nc.stats[k] for k in ("in_msgs", "in_bytes")}
 
@@ -88,14 +90,16 @@ def _both(chunks: list[bytes]) -> None:
         slow_out = await _feed(slow, chunks)
         assert fast_events == slow_events
         assert fast_out == slow_out
-        if fast_out[0] is None:
+        if fast_out[0] != "ProtocolError":
             assert bytes(fast._ps.buf) == bytes(slow._ps.buf)  # the same unread tail
 
     asyncio.run(run())
 
 
 _token = st.text("abc.$_>*-0123456789", min_size=1, max_size=12).map(str.encode)
-_payload = st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"y", b"yes", b"\r\n", b"MSG x 1 2\r\n"]))
+_payload = st.one_of(
+    st.binary(max_size=40), st.sampled_from([b"", b"y", b"yes", b"\r\n", b"MSG x 1 2\r\n", b"boom"])
+)
 _headers = st.lists(
     st.tuples(st.sampled_from([b"KV-Operation", b"Nats-Msg-Id", b"X"]), st.binary(max_size=8)),
     max_size=3,
@@ -185,3 +189,10 @@ def test_reset_while_a_message_is_handed_over_voids_the_chunk() -> None:
 
     fast, slow = asyncio.run(run(True)), asyncio.run(run(False))
     assert fast == slow == [("msg", 3, b"a", b"", b"x", None)]
+
+
+def test_a_failing_handler_leaves_what_nats_py_leaves() -> None:
+    ok = b"MSG a 1 1\r\nx\r\n"
+    boom = b"MSG a 1 4\r\nboom\r\n"
+    _both([ok * 3 + boom + ok * 2])
+    _both([ok, ok + boom + ok, ok])
