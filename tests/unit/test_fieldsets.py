@@ -295,18 +295,24 @@ async def test_extra_attributes_of_nested_models_unshare_first(make_db: DbFactor
     objects = Holder.objects.using(db)
     x = objects.add(name="x", loose=ExtraLoose(a=1), plain=ExtraPlain(a=1))
     y = objects.add(name="y", loose=ExtraLoose(a=2), plain=ExtraPlain(a=2))
-    assert x.loose is not None and y.loose is not None and x.plain is not None and y.plain is not None
+    assert x.loose is not None
+    assert y.loose is not None
+    assert x.plain is not None
+    assert y.plain is not None
     assert x.loose.model_fields_set is y.loose.model_fields_set
     x.loose.zzz = 5  # type: ignore[attr-defined]
     x.plain.zzz = 5  # type: ignore[attr-defined]
-    assert x.loose.model_fields_set == {"a", "zzz"} and x.plain.model_fields_set == {"a", "zzz"}
-    assert y.loose.model_fields_set == {"a"} and y.plain.model_fields_set == {"a"}
+    assert x.loose.model_fields_set == {"a", "zzz"}
+    assert x.plain.model_fields_set == {"a", "zzz"}
+    assert y.loose.model_fields_set == {"a"}
+    assert y.plain.model_fields_set == {"a"}
 
 
 async def test_nested_models_built_without_a_field_are_added(make_db: DbFactory) -> None:
     db = await make_db(Holder)
     doc = Holder.objects.using(db).add(Holder(name="c", inner=Inner.model_construct(a=1)))
-    assert doc.inner is not None and doc.inner.model_fields_set == {"a"}
+    assert doc.inner is not None
+    assert doc.inner.model_fields_set == {"a"}
     await db.flush()
 
 
@@ -315,6 +321,7 @@ async def test_documents_with_their_own_setattr_keep_their_own_sets(make_db: DbF
     objects = OwnSetattr.objects.using(db)
     a = objects.add(name="a")
     b = objects.add(name="b")
-    assert type(a.model_fields_set) is set and a.model_fields_set is not b.model_fields_set
+    assert type(a.model_fields_set) is set
+    assert a.model_fields_set is not b.model_fields_set
     a.state = "s"
     assert b.model_fields_set == {"name"}
