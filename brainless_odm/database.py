@@ -42,6 +42,9 @@ DEAD_LETTERS = "_dead_letters"
 _UUID_EPOCH = 0x01B21DD213814000
 
 # Started databases by document class, in start order: the first one is the default binding.
+#: Flushes stop() makes at most, when changes keep coming while it flushes.
+_STOP_ROUNDS = 5
+
 _bound: dict[type[Document], list[Database]] = {}
 # Callbacks registered on Call.objects (no database given) apply to every database holding Call.
 _class_listeners: dict[type[Document], Listeners] = {}
@@ -236,6 +239,9 @@ class Database:
     async def stop(self, *, timeout: float | None = None) -> None:
         """Flush everything, then stop watching and release the store. Idempotent.
 
+        Changes other tasks make while it flushes are flushed too (in further rounds, up to five;
+        documents still changing after that are reported in the ``FlushError``).
+
         Without ``timeout`` it waits until every pending change is acknowledged, however long the
         server is away. With ``timeout`` it gives up flushing after that many seconds. Either way,
         changes that could not be written are reported after stopping, in a ``FlushError`` naming
@@ -247,7 +253,7 @@ class Database:
         error: FlushError | None = None
         try:
             if self._state == "started":
-                await asyncio.wait_for(self.flush(), timeout)
+                await asyncio.wait_for(self._flush_for_stop(), timeout)
         except FlushError as exc:
             error = exc
         except asyncio.TimeoutError:
@@ -259,12 +265,28 @@ class Database:
                     for key in sorted(coll.dirty_keys())
                 ]
             )
+        self._state = "stopped"  # no await since the last check: nothing changed in between
         if error is not None:
             log.error("%r: stopping with unwritten changes: %s", self, error)
-        self._state = "stopped"
         await self._shutdown()
         if error is not None:
             raise error
+
+    async def _flush_for_stop(self) -> None:
+        """Flush until nothing is left: a change made while a flush was writing is not in it.
+        Changes still coming after a few rounds are reported, not waited for."""
+        for _ in range(_STOP_ROUNDS):
+            await self.flush()
+            if not any(c.pending or c.deletes for c in self._collections.values()):
+                return
+        busy = DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()")
+        raise FlushError(
+            [
+                (coll.name, key, busy)
+                for coll in self._collections.values()
+                for key in sorted(coll.dirty_keys())
+            ]
+        )
 
     async def _shutdown(self) -> None:
         for cls in self._collections:
@@ -359,7 +381,7 @@ class Database:
 
     async def _background_flush(self) -> None:
         if self._state != "started":
-            # Its timer fired while stop() was flushing: that flush wrote everything there was.
+            # Its timer fired while stop() was flushing; stop() flushes until nothing is left.
             self._flush_task = None
             return
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -347,3 +348,53 @@ async def test_a_flush_timer_firing_during_stop_logs_nothing(caplog: pytest.LogC
         await asyncio.sleep(0.02)
     assert [r.getMessage() for r in caplog.records] == []
     assert not note.is_dirty  # stop() itself wrote it
+
+
+class _SlowBucket(MemoryBucket):
+    async def write(self, ops: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await super().write(ops)
+
+
+class _SlowStore(MemoryStore):
+    async def open_bucket(self, name: str, config: BucketConfig) -> Any:
+        bucket = await super().open_bucket(name, config)
+        bucket.__class__ = _SlowBucket
+        return bucket
+
+
+async def test_stop_writes_what_changed_while_it_was_flushing() -> None:
+    store = _SlowStore()
+    db = await Database(store, namespace="slowstop", flush_interval=60, documents=[Note]).start()
+    objects = Note.objects.using(db)
+    a = objects.add(text="a")
+    stopping = asyncio.create_task(db.stop())
+    await asyncio.sleep(0.02)  # stop()'s flush is writing "a"
+    b = objects.add(text="b")
+    a.n = 5
+    await stopping
+    assert not a.is_dirty
+    assert not b.is_dirty
+    async with Database(store, namespace="slowstop", documents=[Note]) as again:
+        stored = {d.text: d.n for d in Note.objects.using(again)}
+    assert stored == {"a": 5, "b": 0}
+
+
+async def test_stop_reports_changes_that_never_stop_coming() -> None:
+    store = _SlowStore()
+    db = await Database(store, namespace="busystop", flush_interval=60, documents=[Note]).start()
+    doc = Note.objects.using(db).add(text="a")
+
+    async def keep_changing() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            doc.n += 1
+
+    changer = asyncio.create_task(keep_changing())
+    try:
+        with pytest.raises(FlushError, match="still changing") as info:
+            await db.stop()
+    finally:
+        changer.cancel()
+    assert [(c, k) for c, k, _ in info.value.failures] == [("note", doc.uuid)]
+    assert not db.started
