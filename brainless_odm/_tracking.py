@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from pydantic import BaseModel
 
-from ._fieldsets import unshare
+from ._fieldsets import SharedFieldsSet, unshare
 
 if TYPE_CHECKING:
     from .document import Document
@@ -476,8 +476,10 @@ def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
     it; the old ``__dict__`` (Pydantic builds a new one) and fields-set go back, so a rejected
     assignment changes nothing."""
     old_dict = model.__dict__
-    unshare(model, name)
-    was_set = name in model.__pydantic_fields_set__
+    fields_set = model.__pydantic_fields_set__
+    was_set = name in fields_set
+    if not was_set and type(fields_set) is SharedFieldsSet:
+        object.__setattr__(model, "__pydantic_fields_set__", set(fields_set))  # see _fieldsets
     try:
         model.__pydantic_validator__.validate_assignment(model, name, value)
     except BaseException:
@@ -496,14 +498,16 @@ def install_hook(model_cls: type[Any]) -> None:
     is_model = issubclass(model_cls, BaseModel)
 
     def __setattr__(self: Any, name: str, value: Any) -> None:
-        if is_model:
-            unshare(self, name)  # Pydantic may add ``name`` to its fields-set (_fieldsets)
         link = _link_of(self)
         if link is None or link.doc is None:
+            if is_model:
+                unshare(self, name)  # Pydantic may add ``name`` to its fields-set (_fieldsets)
             original(self, name, value)
             return
         fields = type(self).model_fields if is_model else self.__dataclass_fields__
         if name not in fields:
+            if is_model:
+                unshare(self, name)  # an extra="allow" attribute joins the fields-set
             original(self, name, value)
             return
         snapshot = link.before()
