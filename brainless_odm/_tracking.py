@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -37,6 +38,7 @@ __all__ = [
     "TrackedList",
     "TrackedSet",
     "cut_link",
+    "exclusive",
     "holds_raw_data",
     "install_hook",
     "validate_assignment",
@@ -405,6 +407,109 @@ def wrap(value: Any, link: FieldLink) -> Any:
     return value
 
 
+def exclusive(values: dict[str, Any], names: Iterable[str]) -> bool:
+    """Whether nothing but ``values`` (a document's ``__dict__``) holds the containers and models
+    of fields ``names``, or anything mutable inside them.
+
+    Then their wrapping for change tracking can wait for their first read through the document
+    (see ``document._TrackedField``): no one can change them in place before that. A document
+    validated from plain data (``objects.add(name=..., tags=[...])``) qualifies; one holding a
+    nested model or a list that the caller also holds does not, and is wrapped at once, so a
+    change made through the caller's reference is tracked as before. Decided by reference
+    counts (CPython), against a baseline measured when this module is imported; where that
+    cannot be measured, nothing qualifies and every document is wrapped at once."""
+    limit = _SOLE_REFS
+    if limit is None:
+        return False
+    for name in names:
+        v = values[name]
+        if type(v) not in _SCALARS and not _sole(v, limit):
+            return False
+    return True
+
+
+def _sole(value: Any, limit: int) -> bool:
+    # Called as ``_sole(v, ...)`` with ``v`` a local of the caller, everywhere (the count of
+    # references it sees must mean the same at every level).
+    t = type(value)
+    if t in _SCALARS:
+        return True
+    if t is list or t is dict or t is set or t is tuple or _is_model_type(t):
+        if _refs(value) > limit:
+            return False
+    else:
+        return t is not TrackedList and t is not TrackedDict and t is not TrackedSet
+    items: Iterable[Any]
+    if t is dict:
+        items = value.values()
+    elif t is list or t is set or t is tuple:
+        items = value
+    else:
+        d = getattr(value, "__dict__", None)
+        if d is None:
+            return False  # a slotted dataclass: not worth looking into
+        items = d.values()
+    for v in items:  # noqa: SIM110  # not all(...): a generator frame would count differently
+        if type(v) not in _SCALARS and not _sole(v, limit):
+            return False
+    return True
+
+
+_refs = sys.getrefcount
+
+
+def _calibrate() -> int | None:
+    """The reference count ``_sole`` sees for a value held by one container only; ``None``
+    where counts do not tell (another Python, or one that does not count every reference)."""
+    if sys.implementation.name != "cpython":
+        return None
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if is_gil_enabled is not None and not is_gil_enabled():
+        return None  # free-threaded: deferred and biased counts
+
+    @dataclasses.dataclass
+    class Probe:
+        items: list[Any]
+
+    def fresh() -> dict[str, Any]:
+        return {"a": [[1]], "b": {"k": [1]}, "c": Probe([[1]]), "d": ([1],)}
+
+    names = ("a", "b", "c", "d")
+    global _SOLE_REFS
+    found = None
+    for limit in range(1, 16):
+        _SOLE_REFS = limit
+        if exclusive(fresh(), names):
+            found = limit
+            break
+    if found is None:
+        return None
+    _SOLE_REFS = found
+    reach: list[Callable[[dict[str, Any]], Any]] = [
+        lambda d: d["a"],
+        lambda d: d["a"][0],
+        lambda d: d["b"],
+        lambda d: d["b"]["k"],
+        lambda d: d["c"],
+        lambda d: d["c"].items,
+        lambda d: d["c"].items[0],
+        lambda d: d["d"][0],
+    ]
+    try:
+        for path in reach:
+            d = fresh()
+            extra = path(d)  # one more holder: must be seen
+            if exclusive(d, names):
+                return None
+            del extra
+    finally:
+        _SOLE_REFS = None
+    return found
+
+
+_SOLE_REFS: int | None = None
+
+
 _DEAD = FieldLink.__new__(FieldLink)  # the link of values that left their document: reports nowhere
 _DEAD.doc = None
 _DEAD.field = ""
@@ -536,3 +641,6 @@ def install_hook(model_cls: type[Any]) -> None:
     __setattr__._odm_hook = True  # type: ignore[attr-defined]  # its fields-set may be shared
     model_cls.__setattr__ = __setattr__  # type: ignore[assignment]
     model_cls.__odm_hooked__ = True
+
+
+_SOLE_REFS = _calibrate()

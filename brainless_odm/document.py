@@ -130,11 +130,12 @@ class _TrackedField:
     """The attribute of a tracked field (a container or a nested model) on a document class.
 
     Reads the field from the instance ``__dict__`` as Pydantic would, except that a document the
-    engine decoded from the store (load, another node's create) holds its containers plain until
-    one of them is first read: wrapping them for change tracking is then done once, for every
-    tracked field of that document. Nobody outside the document can hold those containers before
-    that read, so no in-place change can escape tracking; most loaded documents are only queried
-    (by ``__dict__``), and never pay for it. Assignment goes through ``Document.__setattr__``.
+    engine decoded from the store (load, another node's create), or one added from data nothing
+    else holds (``_tracking.exclusive``), holds its containers plain until one of them is first
+    read: wrapping them for change tracking is then done once, for every tracked field of that
+    document. Nobody outside the document can hold those containers before that read, so no
+    in-place change can escape tracking; most documents are only queried (by ``__dict__``) and
+    written, and never pay for it. Assignment goes through ``Document.__setattr__``.
     """
 
     __slots__ = ("name",)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import codec
 from .._fieldsets import share
+from .._tracking import exclusive
 from ..document import Document, mark_dirty
 from ..exceptions import (
     ConnectionClosed,
@@ -163,12 +164,13 @@ class Collection(Generic[D]):
                 holder = next(iter(holders))
                 raise UniqueViolation(self.name, name, value, None if holder == key else holder)
 
-    def _attach(self, doc: D, key: str, rev: int, *, decoded: bool = False) -> None:
-        """Store ``doc`` under ``key``. ``decoded``: made by the engine from stored bytes, so no one
-        else holds its containers and their tracking can wait for their first read."""
+    def _attach(self, doc: D, key: str, rev: int, *, plain: bool = False) -> None:
+        """Store ``doc`` under ``key``. ``plain``: no one else holds its containers (the engine
+        decoded it from stored bytes, or ``exclusive`` says so), so their tracking can wait for
+        their first read."""
         _slot_coll(doc, self)
         _slot_rev(doc, rev)
-        if decoded:
+        if plain:
             if self.info.tracked:
                 _slot_raw(doc, True)
         else:
@@ -208,7 +210,8 @@ class Collection(Generic[D]):
         if key in self.deletes:
             # Re-added before its delete was written: the write becomes an overwrite.
             del self.deletes[key]
-        self._attach(doc, key, 0)
+        tracked = self.info.tracked
+        self._attach(doc, key, 0, plain=bool(tracked) and exclusive(doc.__dict__, tracked))
         self._changed(key)
         if self._wants_change(True):
             self._fire_change(None, doc, True)
@@ -410,7 +413,7 @@ class Collection(Generic[D]):
         share(remote)
         if doc is None:
             self.base.pop(key, None)
-            self._attach(remote, key, entry.revision, decoded=True)
+            self._attach(remote, key, entry.revision, plain=True)
             if self._wants_change(False):
                 self._fire_change(None, remote, False)
             return

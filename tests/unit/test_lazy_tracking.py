@@ -1,5 +1,6 @@
-"""Documents the engine decodes from the store (a load, another node's create) keep their containers
-plain until one is first read; every way of reaching a container must still end up tracked."""
+"""Documents the engine decodes from the store (a load, another node's create), and documents added
+from data nobody else holds, keep their containers plain until one is first read; every way of
+reaching a container must still end up tracked."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import copy
 import pickle
 from typing import Any
 
+import pytest
 from helpers import DbFactory, wait_for
 from pydantic import BaseModel, Field
 
-from brainless_odm import Database, Document, DocumentConfig, MemoryStore, Registry
+from brainless_odm import Database, Document, DocumentConfig, MemoryStore, Registry, _tracking
 
 registry = Registry()
 
@@ -160,3 +162,92 @@ async def test_documents_made_without_init_still_read(make_db: DbFactory) -> Non
     assert clone.caller == Caller(number="1")
     built = Lazy.model_construct(name="c", tags=["q"])
     assert built.tags == ["q"]
+
+
+# -- documents added by the application -----------------------------------------------------------
+
+
+async def test_documents_added_from_plain_data_start_plain_and_track_on_first_read(
+    make_db: DbFactory,
+) -> None:
+    store = MemoryStore()
+    a = await make_db(Lazy, store=store, location="a", flush_interval=60)
+    objects = Lazy.objects.using(a)
+    doc = objects.add(name="p", tags=["x"], caller={"number": "1"}, meta={"k": [1]})
+    assert doc._odm_raw  # validated from plain data: nobody else holds its containers
+    await a.flush()
+    assert doc._odm_raw  # writing it read nothing through the document
+    doc.caller.city = "Brno"  # type: ignore[union-attr]  # first read: every tracked field wrapped
+    assert not doc._odm_raw
+    doc.meta["k"].append(2)
+    doc.tags.append("y")
+    assert doc.dirty_fields == {"caller", "meta", "tags"}
+    await a.flush()
+    b = await make_db(Lazy, store=store, location="b", flush_interval=60)
+    seen = Lazy.objects.using(b)[doc.uuid or ""]
+    assert (seen.caller, seen.meta, seen.tags) == (Caller(number="1", city="Brno"), {"k": [1, 2]}, ["x", "y"])
+
+
+async def test_added_documents_whose_parts_the_caller_holds_are_tracked_at_once(make_db: DbFactory) -> None:
+    store = MemoryStore()
+    a = await make_db(Lazy, store=store, location="a", flush_interval=60)
+    objects = Lazy.objects.using(a)
+    caller = Caller(number="1")
+    doc = objects.add(name="held", caller=caller)
+    assert not doc._odm_raw
+    await a.flush()
+    caller.city = "Brno"  # through the application's own reference, never read from the document
+    assert doc.dirty_fields == {"caller"}
+
+    tags = ["x"]
+    built = objects.add(Lazy.model_construct(name="built", tags=tags, meta={}))
+    assert not built._odm_raw
+    tags.append("outside")  # the document holds a tracked copy, not this list
+    assert built.tags == ["x"]
+    await a.flush()
+    b = await make_db(Lazy, store=store, location="b", flush_interval=60)
+    assert Lazy.objects.using(b)[doc.uuid or ""].caller == Caller(number="1", city="Brno")
+    assert Lazy.objects.using(b)[built.uuid or ""].tags == ["x"]
+
+
+def test_exclusive_sees_another_holder_at_every_depth() -> None:
+    assert _tracking._SOLE_REFS is not None  # CPython: counts are measured at import
+
+    def fresh() -> dict[str, Any]:
+        return {
+            "a": [Caller(number="1")],
+            "b": {"k": [[1]]},
+            "c": Caller(number="2"),
+            "s": "text",
+            "t": ([1],),
+        }
+
+    names = ("a", "b", "c", "s", "t")
+    assert _tracking.exclusive(fresh(), names)
+    paths = [
+        lambda d: d["a"],
+        lambda d: d["a"][0],
+        lambda d: d["b"],
+        lambda d: d["b"]["k"],
+        lambda d: d["b"]["k"][0],
+        lambda d: d["c"],
+        lambda d: d["t"][0],
+    ]
+    for i, path in enumerate(paths):
+        d = fresh()
+        held = path(d)
+        assert not _tracking.exclusive(d, names), f"path {i}"
+        del held
+        assert _tracking.exclusive(d, names), f"path {i}, released"
+
+
+async def test_where_counts_cannot_tell_every_added_document_is_tracked_at_once(
+    make_db: DbFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_tracking, "_SOLE_REFS", None)
+    db = await make_db(Lazy, flush_interval=60)
+    doc = Lazy.objects.using(db).add(name="p", tags=["x"])
+    assert not doc._odm_raw
+    await db.flush()
+    doc.tags.append("y")
+    assert doc.dirty_fields == {"tags"}
