@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
@@ -416,11 +417,14 @@ def exclusive(values: dict[str, Any], names: Iterable[str]) -> bool:
     validated from plain data (``objects.add(name=..., tags=[...])``) qualifies; one holding a
     nested model or a list that the caller also holds does not, and is wrapped at once, so a
     change made through the caller's reference is tracked as before. Decided by reference
-    counts (CPython), against a baseline measured when this module is imported; where that
-    cannot be measured, nothing qualifies and every document is wrapped at once."""
+    counts (CPython), against a baseline measured when this module is imported, and weak
+    references; where the baseline cannot be measured (another Python, a tracer running at
+    import), nothing qualifies and every document is wrapped at once."""
     limit = _SOLE_REFS
-    if limit is None:
-        return False
+    return limit is not None and _exclusive_at(values, names, limit)
+
+
+def _exclusive_at(values: dict[str, Any], names: Iterable[str], limit: int) -> bool:
     for name in names:
         v = values[name]
         if type(v) not in _SCALARS and not _sole(v, limit):
@@ -434,8 +438,12 @@ def _sole(value: Any, limit: int) -> bool:
     t = type(value)
     if t in _SCALARS:
         return True
-    if t is list or t is dict or t is set or t is tuple or _is_model_type(t):
+    if t is list or t is dict or t is tuple:
         if _refs(value) > limit:
+            return False
+    elif t is set or _is_model_type(t):
+        # These can be weakly referenced (an identity map of models, say): counts miss that.
+        if _refs(value) > limit or _weakrefs(value):
             return False
     else:
         return t is not TrackedList and t is not TrackedDict and t is not TrackedSet
@@ -456,6 +464,7 @@ def _sole(value: Any, limit: int) -> bool:
 
 
 _refs = sys.getrefcount
+_weakrefs = weakref.getweakrefcount
 
 
 def _calibrate() -> int | None:
@@ -463,6 +472,8 @@ def _calibrate() -> int | None:
     where counts do not tell (another Python, or one that does not count every reference)."""
     if sys.implementation.name != "cpython":
         return None
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return None  # a tracer reading frame locals would inflate every count measured here
     is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
     if is_gil_enabled is not None and not is_gil_enabled():
         return None  # free-threaded: deferred and biased counts
@@ -475,16 +486,9 @@ def _calibrate() -> int | None:
         return {"a": [[1]], "b": {"k": [1]}, "c": Probe([[1]]), "d": ([1],)}
 
     names = ("a", "b", "c", "d")
-    global _SOLE_REFS
-    found = None
-    for limit in range(1, 16):
-        _SOLE_REFS = limit
-        if exclusive(fresh(), names):
-            found = limit
-            break
+    found = next((n for n in range(1, 16) if _exclusive_at(fresh(), names, n)), None)
     if found is None:
         return None
-    _SOLE_REFS = found
     reach: list[Callable[[dict[str, Any]], Any]] = [
         lambda d: d["a"],
         lambda d: d["a"][0],
@@ -495,15 +499,12 @@ def _calibrate() -> int | None:
         lambda d: d["c"].items[0],
         lambda d: d["d"][0],
     ]
-    try:
-        for path in reach:
-            d = fresh()
-            extra = path(d)  # one more holder: must be seen
-            if exclusive(d, names):
-                return None
-            del extra
-    finally:
-        _SOLE_REFS = None
+    for path in reach:
+        d = fresh()
+        extra = path(d)  # one more holder: must be seen
+        if _exclusive_at(d, names, found):
+            return None
+        del extra
     return found
 
 

@@ -64,7 +64,13 @@ class Manager(Generic[D]):
             new = model(**fields)
         elif type(doc) is model or isinstance(doc, model):
             # A document plus overrides is a template for a new one: its uuid stays behind.
-            new = model(**{**doc.__dict__, "uuid": None, **fields}) if fields else doc
+            if fields:
+                if getattr(doc, "_odm_raw", False):
+                    # Its models must be registered to it, so the new one gets copies of them.
+                    doc._odm_materialize()
+                new = model(**{**doc.__dict__, "uuid": None, **fields})
+            else:
+                new = doc
         elif isinstance(doc, Mapping):
             new = model.model_validate(doc if not fields and type(doc) is dict else {**doc, **fields})
         else:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
+import weakref
 from typing import Any
 
 import pytest
@@ -251,3 +253,64 @@ async def test_where_counts_cannot_tell_every_added_document_is_tracked_at_once(
     await db.flush()
     doc.tags.append("y")
     assert doc.dirty_fields == {"tags"}
+
+
+async def test_a_plain_document_used_as_a_template_keeps_its_nested_models(make_db: DbFactory) -> None:
+    db = await make_db(Lazy, flush_interval=60)
+    objects = Lazy.objects.using(db)
+    first = objects.add(name="a", caller={"number": "1"}, tags=["x"])
+    await db.flush()
+    assert first._odm_raw
+    second = objects.add(first, name="b")
+    assert second.__dict__["caller"] is not first.__dict__["caller"]
+    second.caller.city = "Brno"  # type: ignore[union-attr]
+    second.tags.append("y")
+    assert first.caller == Caller(number="1")
+    assert first.tags == ["x"]
+    assert not first.is_dirty
+
+
+class Tagged(BaseModel):
+    number: str
+    city: str | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        LIVE[self.number] = self  # an identity map: a weak reference, not counted
+
+
+LIVE: weakref.WeakValueDictionary[str, Tagged] = weakref.WeakValueDictionary()
+
+
+class WithTagged(Document):
+    model_config = DocumentConfig(registry=registry)
+
+    caller: Tagged | None = None
+
+
+async def test_a_nested_model_weakly_referenced_elsewhere_is_tracked_at_once(make_db: DbFactory) -> None:
+    db = await make_db(WithTagged, flush_interval=60)
+    doc = WithTagged.objects.using(db).add(caller={"number": "7"})
+    assert not doc._odm_raw
+    await db.flush()
+    LIVE["7"].city = "Brno"
+    assert doc.dirty_fields == {"caller"}
+
+
+def test_calibration_refuses_when_counts_do_not_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _tracking._calibrate() == _tracking._SOLE_REFS
+    monkeypatch.setattr(_tracking, "_refs", lambda value: 1)  # counts that see no other holder
+    assert _tracking._calibrate() is None
+
+
+def test_calibration_refuses_under_a_tracer() -> None:
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_locals  # noqa: B018  # what debuggers do: extra references to every local
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        found = _tracking._calibrate()
+    finally:
+        sys.settrace(previous)
+    assert found is None
