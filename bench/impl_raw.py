@@ -17,7 +17,7 @@ import asyncio
 import bisect
 import contextlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -41,9 +41,15 @@ class PublishError(RuntimeError):
     """JetStream refused a publish (or nobody answered it)."""
 
 
-async def pipelined_publish(nc: NATS, messages: Iterable[tuple[str, bytes]], window: int = WINDOW) -> int:
+async def pipelined_publish(
+    nc: NATS,
+    messages: Iterable[tuple[str, bytes]],
+    window: int = WINDOW,
+    headers: Callable[[int], dict[str, str]] | None = None,
+) -> int:
     """Publish every (subject, payload) to JetStream with at most ``window`` unacknowledged; return
-    how many were acknowledged. Raises :class:`PublishError` on the first error ack."""
+    how many were acknowledged. Raises :class:`PublishError` on the first error ack. ``headers``:
+    the headers of the i-th message (``python -m bench.floor``; the floor itself sends none)."""
     loop = asyncio.get_running_loop()
     inbox = nc.new_inbox()
     state: dict[str, Any] = {"inflight": 0, "acked": 0, "sent": -1, "error": None}
@@ -70,7 +76,9 @@ async def pipelined_publish(nc: NATS, messages: Iterable[tuple[str, bytes]], win
                 room = loop.create_future()
                 await asyncio.wait_for(room, ACK_TIMEOUT)
                 room = None
-            await nc.publish(subject, payload, reply=f"{inbox}.{sent}")
+            await nc.publish(
+                subject, payload, reply=f"{inbox}.{sent}", headers=headers(sent) if headers else None
+            )
             state["inflight"] += 1
             sent += 1
         state["sent"] = sent
