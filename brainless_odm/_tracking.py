@@ -24,7 +24,7 @@ import dataclasses
 import sys
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any, SupportsIndex, cast
 
 from pydantic import BaseModel
 
@@ -42,6 +42,7 @@ __all__ = [
     "exclusive",
     "holds_raw_data",
     "install_hook",
+    "plain_copy",
     "validate_assignment",
     "wrap",
 ]
@@ -406,6 +407,63 @@ def wrap(value: Any, link: FieldLink) -> Any:
                 if tv in _CONTAINERS or _is_model_type(tv):
                     d[name] = wrap(v, link)
     return value
+
+
+def plain_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy(value)`` for the value of a tracked field, with plain containers (as the
+    tracked ones' ``__deepcopy__`` give): lists, dicts, sets, tuples and Pydantic models are
+    copied here, without ``deepcopy``'s dispatch per object (the snapshot of a benchmark
+    document for ``on_change``'s ``old`` went from ~24 µs to ~12 µs); anything else, and any
+    model with its own ``__deepcopy__`` or private attributes, goes to ``deepcopy``."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if memo is None:
+        memo = {}
+    else:
+        done = memo.get(id(value))
+        if done is not None:
+            return done
+    if t is list or t is TrackedList:
+        items: list[Any] = []
+        memo[id(value)] = items
+        items.extend([v if type(v) in _SCALARS else plain_copy(v, memo) for v in value])
+        return items
+    if t is dict or t is TrackedDict:
+        if not all(type(k) in _SCALARS for k in value):
+            return copy.deepcopy(value, memo)
+        mapping: dict[Any, Any] = {}
+        memo[id(value)] = mapping
+        mapping.update({k: v if type(v) in _SCALARS else plain_copy(v, memo) for k, v in value.items()})
+        return mapping
+    if (t is set or t is TrackedSet or t is tuple) and all(type(v) in _SCALARS for v in value):
+        return set(value) if t is not tuple else value
+    if _copies_plainly(t) and getattr(value, "__pydantic_private__", None) is None:
+        model = cast("Any", t).__new__(t)
+        memo[id(value)] = model
+        d = {k: v if type(v) in _SCALARS else plain_copy(v, memo) for k, v in value.__dict__.items()}
+        object.__setattr__(model, "__dict__", d)
+        extra = value.__pydantic_extra__
+        object.__setattr__(model, "__pydantic_extra__", None if extra is None else copy.deepcopy(extra, memo))
+        object.__setattr__(model, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
+        object.__setattr__(model, "__pydantic_private__", None)
+        return model
+    return copy.deepcopy(value, memo)
+
+
+def _copies_plainly(t: type[Any]) -> bool:
+    """A Pydantic model class whose deep copy is BaseModel's own (which ``plain_copy`` repeats)."""
+    known = _PLAIN_COPY_TYPES.get(t)
+    if known is None:
+        known = _PLAIN_COPY_TYPES[t] = (
+            issubclass(t, BaseModel)
+            and getattr(t, "__deepcopy__", None) is BaseModel.__deepcopy__
+            and not hasattr(t, "__odm__")
+        )
+    return known
+
+
+_PLAIN_COPY_TYPES: dict[type[Any], bool] = {}
 
 
 def exclusive(values: dict[str, Any], names: Iterable[str]) -> bool:

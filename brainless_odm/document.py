@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from . import exceptions
 from ._compat import ModelMetaclass
 from ._fieldsets import SharedFieldsSet, unshare
-from ._tracking import FieldLink, cut_link, holds_raw_data, install_hook, validate_assignment, wrap
+from ._tracking import (
+    FieldLink,
+    cut_link,
+    holds_raw_data,
+    install_hook,
+    plain_copy,
+    validate_assignment,
+    wrap,
+)
 from .config import CollectionOptions, collection_options
 from .exceptions import DatabaseError, DefinitionError
 from .fields import Indexed, Unique
@@ -385,7 +393,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
         for name in cls.__odm__.tracked:
             v = d[name]
             if v is not None:
-                d[name] = copy.deepcopy(v)
+                d[name] = plain_copy(v)
         object.__setattr__(new, "__dict__", d)
         fields_set = self.__pydantic_fields_set__
         if type(fields_set) is not SharedFieldsSet:

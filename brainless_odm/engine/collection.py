@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import gc
 import itertools
 import logging
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import codec
 from .._fieldsets import share
-from .._tracking import exclusive
+from .._tracking import exclusive, plain_copy
 from ..document import Document, mark_dirty
 from ..exceptions import (
     ConnectionClosed,
@@ -258,7 +257,7 @@ class Collection(Generic[D]):
         wants_change = self._wants_change(True)
         if not wants_field and not wants_change:
             return None
-        old_value = copy.deepcopy(doc.__dict__[name]) if wants_field else None
+        old_value = plain_copy(doc.__dict__[name]) if wants_field else None
         return old_value, doc._odm_snapshot() if wants_change else None
 
     def touched(self, doc: D, name: str, before: tuple[Any, D | None] | None = None) -> None:
