@@ -437,7 +437,10 @@ def plain_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
         mapping.update({k: v if type(v) in _SCALARS else plain_copy(v, memo) for k, v in value.items()})
         return mapping
     if (t is set or t is TrackedSet or t is tuple) and all(type(v) in _SCALARS for v in value):
-        return set(value) if t is not tuple else value
+        if t is tuple:
+            return value  # as deepcopy: nothing in it to copy
+        members = memo[id(value)] = set(value)
+        return members
     if _copies_plainly(t) and getattr(value, "__pydantic_private__", None) is None:
         model = cast("Any", t).__new__(t)
         memo[id(value)] = model

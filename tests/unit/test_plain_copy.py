@@ -122,10 +122,12 @@ def test_plain_copy_gives_what_deepcopy_gives(value: Any) -> None:
         assert got.__pydantic_private__ == expected.__pydantic_private__
 
 
-def test_plain_copy_keeps_aliases_within_one_value() -> None:
-    got = plain_copy([shared, shared])
-    assert got[0] is got[1]
-    assert got[0] is not shared
+@pytest.mark.parametrize("alias", [shared, {1, 2}, [1, 2], {"a": 1}], ids=lambda v: type(v).__name__)
+def test_plain_copy_keeps_aliases_within_one_value(alias: Any) -> None:
+    got = plain_copy([alias, {"again": alias}])
+    assert got[0] is got[1]["again"]
+    assert got[0] is not alias
+    assert got[0] == alias
 
 
 def test_a_model_with_its_own_deepcopy_is_copied_by_it() -> None:
