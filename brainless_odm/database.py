@@ -165,6 +165,7 @@ class Database:
         self._uuid_tail = f"{clock_seq:04x}-{self._node:012x}"
         self.node_id = secrets.token_hex(4)
         self._flush_lock = asyncio.Lock()
+        self._stopping = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -251,6 +252,7 @@ class Database:
             self._state = "stopped"
             return
         error: FlushError | None = None
+        self._stopping = True
         try:
             if self._state == "started":
                 await asyncio.wait_for(self._flush_for_stop(), timeout)
@@ -421,7 +423,14 @@ class Database:
             while targets:
                 transient = False
                 for coll in list(targets):
-                    out = await coll.write(targets[coll])
+                    try:
+                        out = await coll.write(targets[coll])
+                    except BaseException:
+                        # Cancelled midway (or failed): what it took is pending again, and the
+                        # background flush writes it later, unless stop() is the one giving up.
+                        if not self._stopping:
+                            self.schedule_flush()
+                        raise
                     written += out.written
                     failures.extend(out.failures)
                     transient = transient or out.transient

@@ -53,6 +53,7 @@ _slot_dirty = Document.__dict__["_odm_dirty"].__set__
 _slot_inflight = Document.__dict__["_odm_inflight"].__set__
 _slot_raw = Document.__dict__["_odm_raw"].__set__
 _NONE: frozenset[str] = frozenset()
+_OUTCOME_UNKNOWN = ConnectionLost("the write was interrupted before its ack came")
 
 
 @contextlib.contextmanager
@@ -490,7 +491,16 @@ class Collection(Generic[D]):
             self._build_ops(keys, ops, docs, fields, all_fields, location)
         if not ops:
             return out
-        results = await bucket.write(ops)
+        try:
+            results = await bucket.write(ops)
+        except BaseException:
+            # Cancelled while publishes await their acks (``wait_for(db.flush(), t)``,
+            # ``stop(timeout=t)``), or the store raised: each may have landed or not, as after a
+            # lost connection. Back to pending and dirty; a retry sends the same write id, so one
+            # that did land is not applied twice.
+            with gc_paused():
+                self._settle(ops, docs, fields, [_OUTCOME_UNKNOWN] * len(ops), FlushOutcome())
+            raise
         with gc_paused():
             conflicts = self._settle(ops, docs, fields, results, out)
         if conflicts:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -171,4 +174,80 @@ async def test_server_gone_for_good_keeps_serving_from_memory_and_stop_reports_w
         assert time.monotonic() - t0 < 5
         assert [(c, k) for c, k, _ in info.value.failures] == [("call", doc.uuid)]
     finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("edit", ["update", "create", "delete"])
+async def test_flush_cancelled_while_waiting_for_acks_keeps_the_changes(
+    make_db: DbFactory, tmp_path: Path, edit: str
+) -> None:
+    """``wait_for(db.flush(), t)`` or ``stop(timeout=t)`` giving up while publishes await their
+    acks (a frozen server): the changes stay pending and dirty, ``stop`` names them, and once the
+    server answers again they are written, not lost."""
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    assert server.pid is not None
+    pid = server.pid
+    try:
+        a = await make_db(url=server.url, location="a", flush_interval=60)
+        b = await make_db(url=server.url, location="b", flush_interval=60)
+        objects = Call.objects.using(a)
+        old = objects.add(channel_id="old", priority=1)
+        await a.flush()
+        await eventually(lambda: old.uuid in Call.objects.using(b), what="the document on B")
+        if edit == "update":
+            old.priority = 7
+            doc = old
+        elif edit == "create":
+            doc = objects.add(channel_id="new", priority=3)
+        else:
+            await old.delete()
+        os.kill(pid, signal.SIGSTOP)  # our own server: it keeps the connections but answers nothing
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(a.flush(), 0.5)
+            coll = a.collection(Call)
+            assert coll.dirty_keys() == {old.uuid if edit != "create" else doc.uuid}
+            if edit != "delete":
+                assert doc.is_dirty
+                assert not doc._odm_inflight  # not "in flight": nothing would ever settle it
+            assert a._flush_handle is not None  # the background flush will write them
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(a.flush(), 10)
+        if edit == "update":
+            await eventually(lambda: Call.objects.using(b)[old.uuid].priority == 7, what="the update on B")
+        elif edit == "create":
+            await eventually(lambda: doc.uuid in Call.objects.using(b), what="the create on B")
+        else:
+            await eventually(lambda: old.uuid not in Call.objects.using(b), what="the delete on B")
+        assert dumps(a) == dumps(b)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await server.stop()
+
+
+async def test_stop_with_timeout_names_the_changes_whose_acks_never_came(
+    make_db: DbFactory, tmp_path: Path
+) -> None:
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    assert server.pid is not None
+    pid = server.pid
+    try:
+        a = await make_db(url=server.url, location="a", flush_interval=60)
+        docs = [Call.objects.using(a).add(channel_id=f"c-{i}") for i in range(3)]
+        await a.flush()
+        docs[1].priority = 5
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(FlushError) as info:
+                await a.stop(timeout=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [(c, k) for c, k, _ in info.value.failures] == [("call", docs[1].uuid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
         await server.stop()
