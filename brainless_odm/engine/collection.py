@@ -53,6 +53,9 @@ _slot_dirty = Document.__dict__["_odm_dirty"].__set__
 _slot_inflight = Document.__dict__["_odm_inflight"].__set__
 _slot_raw = Document.__dict__["_odm_raw"].__set__
 _NONE: frozenset[str] = frozenset()
+#: Writes per round of a large flush (two rounds are under way at a time, well inside the
+#: bucket's window of unacknowledged publishes).
+_ROUND = 1024
 _OUTCOME_UNKNOWN = ConnectionLost("the write was interrupted before its ack came")
 
 
@@ -478,8 +481,36 @@ class Collection(Generic[D]):
         return f"{self.db.node_id}.{self.name}.{next(self._write_ids)}"
 
     async def write(self, keys: Iterable[str]) -> FlushOutcome:
-        """One write round for ``keys``: every one written, to retry, or failed."""
+        """Write ``keys``: every one written, to retry, or failed.
+
+        Many keys go in rounds of ``_ROUND``, two at a time: while the server stores one round,
+        this process encodes the next (one after the other, the server would sit idle through
+        every encode). Cancelled, each round puts back what it had not settled."""
         out = FlushOutcome()
+        keys = keys if isinstance(keys, list) else list(keys)
+        if len(keys) <= _ROUND:
+            await self._round(keys, out)
+            return out
+        rounds: list[asyncio.Future[None]] = []
+        try:
+            for start in range(0, len(keys), _ROUND):
+                if len(rounds) == 2:
+                    await rounds[0]
+                    del rounds[0]
+                rounds.append(asyncio.ensure_future(self._round(keys[start : start + _ROUND], out)))
+                await asyncio.sleep(0)  # it encodes and publishes before the next one starts
+            while rounds:
+                await rounds[0]
+                del rounds[0]
+        except BaseException:
+            for r in rounds:
+                r.cancel()
+            await asyncio.gather(*rounds, return_exceptions=True)
+            raise
+        return out
+
+    async def _round(self, keys: Iterable[str], out: FlushOutcome) -> None:
+        """One write round for ``keys``; what came of each goes into ``out``."""
         bucket = self.bucket
         assert bucket is not None
         location = self.db.location
@@ -490,7 +521,7 @@ class Collection(Generic[D]):
         with gc_paused():
             self._build_ops(keys, ops, docs, fields, all_fields, location)
         if not ops:
-            return out
+            return
         try:
             results = await bucket.write(ops)
         except BaseException:
@@ -514,7 +545,6 @@ class Collection(Generic[D]):
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
                 self._resolve(op, doc, entry)
-        return out
 
     def _build_ops(
         self,

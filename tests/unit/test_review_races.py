@@ -15,6 +15,7 @@ import pytest
 from helpers import DbFactory, wait_for
 
 from brainless_odm import Database, Document, DocumentConfig, Indexed, MemoryStore, Registry
+from brainless_odm.engine.collection import _ROUND
 from brainless_odm.store.base import Entry, WriteOp, WriteResult
 
 REG = Registry()
@@ -389,3 +390,55 @@ async def test_watch_restart_resumes_after_applied(nodes: Nodes) -> None:
     coll.start_watch()
     await wait_for(lambda: remote.priority == 2, what="b to catch up")
     assert remote._odm_rev == doc._odm_rev
+
+
+# -- large flushes go in overlapping rounds ---------------------------------------------------------
+
+MANY = 2 * _ROUND + 300  # three rounds, the last one short
+
+
+async def test_a_flush_of_many_rounds_writes_every_document_once(nodes: Nodes) -> None:
+    a, b, store = nodes
+    docs = [Ticket.objects.using(a).add(priority=i) for i in range(MANY)]
+    g = gate(a)
+    calls: list[int] = []
+    inner_write = g.write
+
+    async def counting(ops: Sequence[WriteOp]) -> list[WriteResult]:
+        calls.append(len(ops))
+        return await inner_write(ops)
+
+    g.write = counting  # type: ignore[method-assign]
+    assert await a.flush() == MANY
+    assert sorted(calls) == [300, _ROUND, _ROUND]
+    assert not any(d.is_dirty for d in docs)
+    assert store.bucket("test-ticket")._revision == MANY
+    await wait_for(lambda: len(Ticket.objects.using(b)) == MANY, what="every document on b")
+    assert {d.uuid: d.priority for d in Ticket.objects.using(b)} == {d.uuid: d.priority for d in docs}
+
+
+async def test_a_flush_of_many_rounds_cancelled_midway_puts_back_what_it_took(nodes: Nodes) -> None:
+    a, b, store = nodes
+    docs = [Ticket.objects.using(a).add(priority=i) for i in range(MANY)]
+    g = gate(a)
+    g.gate_writes = True  # the first rounds land in the store, their acks are held
+    flush = asyncio.create_task(a.flush())
+    await asyncio.wait_for(g.waiting.wait(), 2)
+    await settle()
+    landed = store.bucket("test-ticket")._revision
+    assert 0 < landed < MANY
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    coll = a.collection(Ticket)
+    assert coll.dirty_keys() == {d.uuid for d in docs}  # whether they landed is unknown to a
+    assert all(d.is_dirty and not d._odm_inflight for d in docs)
+
+    g.gate_writes = False
+    g.release.set()
+    assert await a.flush() == MANY
+    assert not any(d.is_dirty for d in docs)
+    # The rounds that had landed were retried with their write ids: deduplicated, not rewritten.
+    assert store.bucket("test-ticket")._revision == MANY
+    await wait_for(lambda: len(Ticket.objects.using(b)) == MANY, what="every document on b")
+    assert {d.uuid: d.priority for d in Ticket.objects.using(b)} == {d.uuid: d.priority for d in docs}
