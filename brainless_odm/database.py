@@ -161,6 +161,8 @@ class Database:
         self._state = "new"
         self._node = _node_from_location(location)
         self._uuid_ts = 0
+        self._uuid_high = -1  # ts >> 32 of the last uuid, and what follows its time_low
+        self._uuid_rest = ""
         clock_seq = secrets.randbits(14) | 0x8000  # RFC 4122 variant bits
         self._uuid_tail = f"{clock_seq:04x}-{self._node:012x}"
         self.node_id = secrets.token_hex(4)
@@ -353,10 +355,11 @@ class Database:
         if ts <= self._uuid_ts:
             ts = self._uuid_ts + 1
         self._uuid_ts = ts
-        return (
-            f"{ts & 0xFFFFFFFF:08x}-{(ts >> 32) & 0xFFFF:04x}-{((ts >> 48) & 0x0FFF) | 0x1000:04x}-"
-            f"{self._uuid_tail}"
-        )
+        high = ts >> 32
+        if high != self._uuid_high:  # every 429 s: time_mid and time_hi change
+            self._uuid_high = high
+            self._uuid_rest = f"-{high & 0xFFFF:04x}-{((high >> 16) & 0x0FFF) | 0x1000:04x}-{self._uuid_tail}"
+        return f"{ts & 0xFFFFFFFF:08x}{self._uuid_rest}"
 
     def background(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)

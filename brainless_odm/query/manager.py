@@ -62,6 +62,9 @@ class Manager(Generic[D]):
         model = self.model
         if doc is None:
             new = model(**fields)
+        elif type(doc) is dict and not fields:
+            # model_validate(doc), without its Python wrapper (a tenth of an add)
+            new = model.__pydantic_validator__.validate_python(doc)
         elif type(doc) is model or isinstance(doc, model):
             # A document plus overrides is a template for a new one: its uuid stays behind.
             if fields:

@@ -85,3 +85,21 @@ def test_invalid_explicit_uuid_is_a_validation_error(bad: str) -> None:
 @pytest.mark.parametrize("good", ["abc", "a.b.c", "A-Z_0=9/x", str(uuid.uuid4())])
 def test_valid_explicit_uuids(good: str) -> None:
     assert Item(uuid=good).uuid == good
+
+
+async def test_uuid_fields_follow_the_clock_across_a_time_mid_rollover(
+    make_db: DbFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part after time_low is reused until ts >> 32 changes (every 429 s): check both sides."""
+    import brainless_odm.database as database_module
+
+    db = await make_db(Item)
+    epoch = 0x01B21DD213814000  # 1582-10-15 in 100 ns ticks before the Unix epoch
+    rollover = ((epoch + 1_700_000_000 * 10_000_000) | 0xFFFFFFFF) + 1  # a tick where ts >> 32 steps
+    seen = []
+    for ts in (rollover - 2, rollover - 1, rollover, rollover + 1, rollover + (1 << 48)):
+        monkeypatch.setattr(database_module.time, "time_ns", lambda ts=ts: (ts - epoch) * 100)
+        u = uuid.UUID(db.new_uuid())
+        assert (u.version, u.time) == (1, ts)
+        seen.append((u.clock_seq, u.node))
+    assert len(set(seen)) == 1
