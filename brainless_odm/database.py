@@ -261,6 +261,11 @@ class Database:
         except FlushError as exc:
             error = exc
         except asyncio.TimeoutError:
+            task = self._flush_task
+            if task is not None and not task.done():
+                # The background flush may hold writes still awaiting their acks: back to pending
+                # first, so the report names them.
+                await cancel_and_wait(task)
             late = TimeoutError(f"not acknowledged within stop(timeout={timeout})")
             error = FlushError(
                 [

@@ -125,7 +125,8 @@ class Collection(Generic[D]):
         self.base: dict[str, int] = {}  # CAS base for re-creating a key that has a delete marker
         self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
         self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
-        self.unknown: dict[str, tuple[str, bytes]] = {}  # key -> (write id, value) of unknown outcome
+        # key -> (write id, value, expected revision) of a put whose outcome we never learnt
+        self.unknown: dict[str, tuple[str, bytes, int | None]] = {}
         self.applied = 0  # the last revision applied from the bucket
         self.watch_task: asyncio.Task[None] | None = None
         self._write_ids = itertools.count(1)
@@ -230,7 +231,9 @@ class Collection(Generic[D]):
         self._detach(key, doc)
         self.pending.pop(key, None)
         self.failed.pop(key, None)
-        if doc._odm_rev or doc._odm_inflight or key in self.base:
+        # A write of unknown outcome (ack lost, flush cancelled) may have stored it: delete it too.
+        maybe_stored = self.unknown.pop(key, None) is not None
+        if doc._odm_rev or doc._odm_inflight or key in self.base or maybe_stored:
             self.deletes[key] = None
             self.db.schedule_flush()
         self._fire_delete(doc, True)
@@ -396,6 +399,10 @@ class Collection(Generic[D]):
                 _slot_rev(doc, entry.revision)
                 _slot_inflight(doc, _NONE)
                 return
+            prior = self.unknown.get(key)
+            if prior is not None and codec.written_with(entry.value, prior[0]):
+                self._landed(key, doc, entry)
+                return
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
@@ -424,6 +431,53 @@ class Collection(Generic[D]):
             # Added here, not yet written, and the same uuid was created elsewhere: what we add
             # is a change of every field, written over theirs (as on a conflict, see _resolve).
             mark_dirty(doc, self.info.data_fields)
+        self._merge(doc, remote, entry.revision)
+
+    def _landed(self, key: str, doc: D, entry: Entry) -> None:
+        """The echo of our write whose outcome we never learnt (ack lost, flush cancelled): it
+        landed, at ``entry.revision``. Its fields were made dirty again for a retry; those whose
+        value is still the one it stored are not edits any more, or a retry would write them over
+        a later remote value (their merge would keep ours)."""
+        del self.unknown[key]
+        self.base.pop(key, None)
+        self.restoring.pop(key, None)
+        self._undirty_stored(doc, entry.value)
+        if entry.revision > doc._odm_rev:
+            _slot_rev(doc, entry.revision)
+        if not doc._odm_dirty and not doc._odm_inflight:
+            self.pending.pop(key, None)
+
+    def _undirty_stored(self, doc: D, value: bytes) -> None:
+        """Fields dirty only because a write of unknown outcome was put back, and still holding
+        what it stored (``value``), are clean: the write landed."""
+        dirty = doc._odm_dirty
+        if not dirty:
+            return
+        try:
+            stored = codec.decode(self.cls, doc.uuid or "", value).__dict__
+        except Exception:
+            return  # cannot happen for bytes we encoded; keep every field dirty then
+        d = doc.__dict__
+        same = set()
+        for name in dirty:
+            try:
+                if name in stored and bool(d[name] == stored[name]):
+                    same.add(name)
+            except Exception:
+                pass
+        if same:
+            left = set(dirty) - same
+            _slot_dirty(doc, left if left else _NONE)
+
+    def _refresh(self, doc: D, entry: Entry | None) -> None:
+        """Merge the latest stored version of ``doc`` into it (fields still dirty keep ours)."""
+        if entry is None or entry.operation is not Operation.PUT or entry.revision < doc._odm_rev:
+            return  # a delete reaches us through the watch
+        try:
+            remote = codec.decode(self.cls, entry.key, entry.value)
+        except Exception:
+            return  # unreadable: the watch dead-letters it
+        share(remote)
         self._merge(doc, remote, entry.revision)
 
     def _remote_delete(self, key: str, doc: D) -> None:
@@ -519,7 +573,7 @@ class Collection(Generic[D]):
         fields: list[frozenset[str]] = []
         all_fields = self.info.all_dirty
         with gc_paused():
-            self._build_ops(keys, ops, docs, fields, all_fields, location)
+            self._build_ops(keys, ops, docs, fields, all_fields, location, out.failures)
         if not ops:
             return
         try:
@@ -528,23 +582,34 @@ class Collection(Generic[D]):
             # Cancelled while publishes await their acks (``wait_for(db.flush(), t)``,
             # ``stop(timeout=t)``), or the store raised: each may have landed or not, as after a
             # lost connection. Back to pending and dirty; a retry sends the same write id, so one
-            # that did land is not applied twice.
+            # that did land is not applied twice. Those whose echo came are known to have landed
+            # (the watch settled them: their write id left ``inflight_ids``).
+            inflight_ids = self.inflight_ids
+            interrupted: list[WriteResult] = [
+                doc._odm_rev
+                if doc is not None and inflight_ids.get(op.key) != op.msg_id
+                else _OUTCOME_UNKNOWN
+                for op, doc in zip(ops, docs, strict=True)
+            ]
             with gc_paused():
-                self._settle(ops, docs, fields, [_OUTCOME_UNKNOWN] * len(ops), FlushOutcome())
+                self._settle(ops, docs, fields, interrupted, FlushOutcome())
             raise
         with gc_paused():
             conflicts = self._settle(ops, docs, fields, results, out)
         if conflicts:
             latest = await asyncio.gather(
-                *(bucket.get(op.key) for op, _ in conflicts), return_exceptions=True
+                *(bucket.get(op.key) for op, _, _ in conflicts), return_exceptions=True
             )
-            for (op, doc), entry in zip(conflicts, latest, strict=True):
+            for (op, doc, refresh), entry in zip(conflicts, latest, strict=True):
                 if isinstance(entry, BaseException):
                     out.transient = True
                     continue
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
-                self._resolve(op, doc, entry)
+                if refresh:
+                    self._refresh(doc, entry)
+                else:
+                    self._resolve(op, doc, entry)
 
     def _build_ops(
         self,
@@ -554,6 +619,7 @@ class Collection(Generic[D]):
         fields: list[frozenset[str]],
         all_fields: frozenset[str],
         location: str,
+        failures: list[tuple[str, str, BaseException]],
     ) -> None:
         for key in keys:
             if key in self.deletes:
@@ -568,19 +634,37 @@ class Collection(Generic[D]):
             if doc is None:
                 continue
             changed = frozenset(doc._odm_dirty) if doc._odm_rev else all_fields
-            _slot_dirty(doc, _NONE)
-            _slot_inflight(doc, changed | doc._odm_inflight)
             prior = self.unknown.get(key)
             value = None
-            if prior is not None:
-                # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
-                # duplicate window makes the retry a no-op if the first one did land.
-                candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
-                if candidate == prior[1]:
-                    write_id, value = prior[0], candidate
-            if value is None:
-                write_id = self._write_id()
-                value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
+            try:
+                if prior is not None:
+                    # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
+                    # duplicate window makes the retry a no-op if the first one did land.
+                    candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
+                    if candidate == prior[1]:
+                        write_id, value = prior[0], candidate
+                    else:
+                        # Edited since. First learn that write's outcome: send it again as it was
+                        # (deduplicated if it landed, refused by its compare-and-set if something
+                        # else was written since, stored if nothing was). The edits stay dirty
+                        # and pending, for the next round.
+                        self.pending[key] = None
+                        self.inflight_ids[key] = prior[0]
+                        ops.append(WriteOp(key, prior[1], prior[2], prior[0]))
+                        docs.append(doc)
+                        fields.append(_NONE)
+                        continue
+                if value is None:
+                    write_id = self._write_id()
+                    value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
+            except Exception as exc:
+                # A value Pydantic validated but cannot serialise (an ``Any`` field holding an
+                # arbitrary object): this document fails alone, still dirty; the round goes on.
+                self.failed[key] = exc
+                failures.append((self.name, key, exc))
+                continue
+            _slot_dirty(doc, _NONE)
+            _slot_inflight(doc, changed | doc._odm_inflight)
             expected = doc._odm_rev or self.base.get(key, 0)
             self.inflight_ids[key] = write_id
             ops.append(WriteOp(key, value, expected, write_id))
@@ -594,9 +678,10 @@ class Collection(Generic[D]):
         fields: list[frozenset[str]],
         results: list[WriteResult],
         out: FlushOutcome,
-    ) -> list[tuple[WriteOp, D]]:
-        """Apply the results of one write round; the conflicts, to be resolved."""
-        conflicts: list[tuple[WriteOp, D]] = []
+    ) -> list[tuple[WriteOp, D, bool]]:
+        """Apply the results of one write round; the conflicts to resolve (``False``) and the
+        documents to refresh from their latest stored version (``True``)."""
+        conflicts: list[tuple[WriteOp, D, bool]] = []
         inflight_ids = self.inflight_ids
         for op, doc, changed, res in zip(ops, docs, fields, results, strict=True):
             key = op.key
@@ -609,10 +694,19 @@ class Collection(Generic[D]):
                     if res > self.applied:  # else the watch has already passed it
                         self.tombstones[key] = res
                     continue
-                self.unknown.pop(key, None)
+                prior = self.unknown.pop(key, None)
                 self.base.pop(key, None)
                 self.restoring.pop(key, None)
                 if self.docs.get(key) is doc:
+                    if prior is not None and prior[0] == op.msg_id and op.value is not None:
+                        # A write of unknown outcome landed (now, or at ``res`` long ago).
+                        self._undirty_stored(doc, op.value)
+                        if res < doc._odm_rev:
+                            # Later writes were merged meanwhile, around the fields it had made
+                            # dirty again: take their values for those now.
+                            conflicts.append((op, doc, True))
+                        if doc._odm_dirty:
+                            out.retry.add(key)  # edited since: the next round writes that
                     if res > doc._odm_rev:
                         _slot_rev(doc, res)
                     _slot_inflight(doc, _NONE)
@@ -626,11 +720,16 @@ class Collection(Generic[D]):
                 self._requeue(key, doc, changed)
             if isinstance(res, Conflict):
                 if doc is not None and self.docs.get(key) is doc:
-                    conflicts.append((op, doc))
+                    conflicts.append((op, doc, False))
                 out.retry.add(key)
             elif isinstance(res, ConnectionLost):
-                if doc is not None and op.value is not None and op.msg_id is not None:
-                    self.unknown[key] = (op.msg_id, op.value)
+                if (
+                    doc is not None
+                    and op.value is not None
+                    and op.msg_id is not None
+                    and self.docs.get(key) is doc
+                ):
+                    self.unknown[key] = (op.msg_id, op.value, op.expected_revision)
                 out.retry.add(key)
                 out.transient = True
             else:
@@ -665,10 +764,10 @@ class Collection(Generic[D]):
                 self._remote_delete(key, doc)  # deleted elsewhere: the delete wins
             return
         meta = codec.read_meta(entry.value)
-        ours = {op.msg_id, self.unknown.get(key, ("",))[0]}
+        prior = self.unknown.pop(key, None)  # refused, so it never landed (dedup comes first)
+        ours = {op.msg_id, prior[0] if prior is not None else ""}
         if meta.get("w") in ours:
             # Our own write landed after all; its fields are stored. Anything dirty since still is.
-            self.unknown.pop(key, None)
             self.restoring.pop(key, None)
             _slot_rev(doc, max(doc._odm_rev, entry.revision))
             return

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import pytest
 from helpers import DbFactory, wait_for
 
-from brainless_odm import Database, Document, DocumentConfig, Indexed, MemoryStore, Registry
+from brainless_odm import Database, Document, DocumentConfig, FlushError, Indexed, MemoryStore, Registry
 from brainless_odm.engine.collection import _ROUND
 from brainless_odm.store.base import Entry, WriteOp, WriteResult
 
@@ -41,6 +41,7 @@ class Gated:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.gate_writes = False
+        self.unapplied = False  # hold writes before they reach the store (nothing lands)
         self.gate_gets = False
         self.release = asyncio.Event()
         self.waiting = asyncio.Event()
@@ -53,8 +54,10 @@ class Gated:
         await self.release.wait()
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        if self.gate_writes and self.unapplied:
+            await self._hold()
         results: list[WriteResult] = await self.inner.write(ops)
-        if self.gate_writes:
+        if self.gate_writes and not self.unapplied:
             await self._hold()
         return results
 
@@ -417,8 +420,14 @@ async def test_a_flush_of_many_rounds_writes_every_document_once(nodes: Nodes) -
     assert {d.uuid: d.priority for d in Ticket.objects.using(b)} == {d.uuid: d.priority for d in docs}
 
 
-async def test_a_flush_of_many_rounds_cancelled_midway_puts_back_what_it_took(nodes: Nodes) -> None:
+@pytest.mark.parametrize("echo", [True, False], ids=["echo seen", "echo missed"])
+async def test_a_flush_of_many_rounds_cancelled_midway_puts_back_what_it_took(
+    nodes: Nodes, echo: bool
+) -> None:
     a, b, store = nodes
+    coll = a.collection(Ticket)
+    if not echo:
+        await coll.stop_watch()  # a cannot tell which of its writes landed
     docs = [Ticket.objects.using(a).add(priority=i) for i in range(MANY)]
     g = gate(a)
     g.gate_writes = True  # the first rounds land in the store, their acks are held
@@ -430,15 +439,196 @@ async def test_a_flush_of_many_rounds_cancelled_midway_puts_back_what_it_took(no
     flush.cancel()
     with pytest.raises(asyncio.CancelledError):
         await flush
-    coll = a.collection(Ticket)
-    assert coll.dirty_keys() == {d.uuid for d in docs}  # whether they landed is unknown to a
-    assert all(d.is_dirty and not d._odm_inflight for d in docs)
-
     g.gate_writes = False
     g.release.set()
-    assert await a.flush() == MANY
+    stored_keys = set(store.bucket("test-ticket")._latest)
+    assert len(stored_keys) == landed
+    assert not any(d._odm_inflight for d in docs)  # none is left "in flight" for ever
+    if echo:
+        # The watch echoed the rounds that landed: a knows they are stored.
+        assert coll.dirty_keys() == {d.uuid for d in docs} - stored_keys
+    else:
+        assert coll.dirty_keys() == {d.uuid for d in docs}
+        assert set(coll.unknown) == stored_keys
+        coll.start_watch()
+    assert {d.uuid for d in docs if d.is_dirty} <= coll.dirty_keys()
+    await a.flush()
+    await settle()
     assert not any(d.is_dirty for d in docs)
-    # The rounds that had landed were retried with their write ids: deduplicated, not rewritten.
+    # Landed writes retried with their write ids are deduplicated, not written twice.
     assert store.bucket("test-ticket")._revision == MANY
     await wait_for(lambda: len(Ticket.objects.using(b)) == MANY, what="every document on b")
     assert {d.uuid: d.priority for d in Ticket.objects.using(b)} == {d.uuid: d.priority for d in docs}
+
+
+# -- writes of unknown outcome (flush cancelled, ack lost) -----------------------------------------
+
+
+async def test_cancelled_write_whose_echo_came_is_not_retried_over_a_later_remote_write(nodes: Nodes) -> None:
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    g = gate(a)
+    g.gate_writes = True
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)  # landed, and its echo came: a knows it landed
+    g.gate_writes = False
+    g.release.set()
+    await wait_for(lambda: remote.state == "a", what="b to see a's write")
+    remote.state = "b"
+    await b.flush()
+    await settle()
+    await a.flush()
+    await settle()
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert ticket.state == "b"
+    await wait_for(lambda: doc.state == "b", timeout=1, what="a to converge on b's value")
+    assert not a.collection(Ticket).dirty_keys()
+
+
+async def test_write_of_unknown_outcome_edited_since_does_not_overwrite_a_later_remote_write(
+    nodes: Nodes,
+) -> None:
+    """The flush gives up before the ack and a misses the echo (the bucket keeps one revision a
+    key, and b writes on top first). a edits another field: its retry must learn that the first
+    write landed, take b's later value of ``state`` and write only the new edit."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    coll = a.collection(Ticket)
+    await coll.stop_watch()  # the echo comes late (a frozen server)
+    g = gate(a)
+    g.gate_writes = True
+    doc.state = "a"
+    doc.note = "kept"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = False
+    g.release.set()
+    assert doc.dirty_fields == {"state", "note"}
+    doc.note = "edited since"  # a real edit, still to be written
+    await wait_for(lambda: remote.state == "a", what="b to see a's write")
+    remote.state = "b"
+    await b.flush()
+    coll.start_watch()  # only b's revision is left to see
+    await settle()
+    await a.flush()
+    await settle()
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note) == ("b", "edited since")
+    assert (doc.state, doc.note) == ("b", "edited since")
+    assert not doc.is_dirty
+    await wait_for(lambda: remote.note == "edited since", what="b to see the later edit")
+    assert remote.state == "b"
+
+
+async def test_write_of_unknown_outcome_settled_by_its_echo(nodes: Nodes) -> None:
+    """The echo arrives after the flush gave up: the fields it stored are clean again."""
+    a, _b, store = nodes
+    doc = Ticket.objects.using(a).add()
+    await a.flush()
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    g = gate(a)
+    g.gate_writes = True
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = False
+    g.release.set()
+    assert doc.dirty_fields == {"state"}
+    coll.start_watch()
+    await wait_for(lambda: not doc.is_dirty, what="the echo to settle it")
+    assert not coll.unknown
+    assert not coll.dirty_keys()
+    revision = store.bucket("test-ticket")._revision
+    assert await a.flush() == 0
+    assert store.bucket("test-ticket")._revision == revision
+
+
+async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nodes) -> None:
+    a, b, store = nodes
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    g = gate(a)
+    g.gate_writes = True
+    doc = Ticket.objects.using(a).add(state="x")
+    key = doc.uuid or ""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = False
+    g.release.set()
+    assert stored(store, key) is not None  # it landed; a does not know
+    await doc.delete()
+    await a.flush()
+    coll.start_watch()
+    await settle()
+    await a.flush()
+    await settle()
+    assert key not in Ticket.objects.using(a)
+    assert stored(store, key) is None
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="b to drop it")
+
+
+async def test_readd_after_a_cancelled_create_and_its_delete_is_stored(nodes: Nodes) -> None:
+    a, _b, store = nodes
+    g = gate(a)
+    g.gate_writes = True
+    doc = Ticket.objects.using(a).add(state="x")
+    key = doc.uuid or ""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = False
+    g.release.set()
+    await doc.delete()
+    await a.flush()
+    await wait_for(lambda: stored(store, key) is None, what="the delete")
+    again = Ticket.objects.using(a).add(Ticket(uuid=key, state="x"))  # the same bytes as the create
+    await a.flush()
+    await settle()
+    assert Ticket.objects.using(a)[key] is again
+    assert not again.is_dirty
+    assert stored(store, key) is not None
+
+
+async def test_stop_timeout_names_writes_the_background_flush_holds(make_db: DbFactory) -> None:
+    a = await make_db(Ticket, store=MemoryStore(), location="a", flush_interval=0.01)
+    g = gate(a)
+    docs = [Ticket.objects.using(a).add(priority=i) for i in range(3)]
+    await a.flush()
+    g.gate_writes = g.unapplied = True  # the server stops answering
+    docs[1].priority = 5
+    await asyncio.wait_for(g.waiting.wait(), 2)  # the background flush has taken it
+    try:
+        with pytest.raises(FlushError) as info:
+            await a.stop(timeout=0.2)
+    finally:
+        g.release.set()
+    assert [(c, k) for c, k, _ in info.value.failures] == [("ticket", docs[1].uuid)]
+
+
+class Blob(Base):
+    n: int = 0
+    data: Any = None
+
+
+async def test_a_document_that_cannot_be_encoded_fails_alone(make_db: DbFactory) -> None:
+    a = await make_db(Blob, store=MemoryStore(), location="a", flush_interval=60)
+    objects = Blob.objects.using(a)
+    good = [objects.add(n=i) for i in range(5)]
+    bad = objects.add(n=99)
+    await a.flush()
+    for d in good:
+        d.n += 100
+    bad.data = object()  # valid for Any, not serialisable
+    coll = a.collection(Blob)
+    with pytest.raises(FlushError) as info:
+        await coll.db.flush()
+    assert [(c, k) for c, k, _ in info.value.failures] == [("blob", bad.uuid)]
+    assert not any(d.is_dirty for d in good)
+    assert bad.is_dirty
+    assert not bad._odm_inflight
+    bad.data = {"now": "serialisable"}
+    assert await a.flush() == 1
+    assert not bad.is_dirty
