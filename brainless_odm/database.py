@@ -267,13 +267,13 @@ class Database:
                 # first, so the report names them.
                 await cancel_and_wait(task)
             late = TimeoutError(f"not acknowledged within stop(timeout={timeout})")
-            error = FlushError(
-                [
-                    (coll.name, key, late)
-                    for coll in self._collections.values()
-                    for key in sorted(coll.dirty_keys())
-                ]
-            )
+            failures: list[tuple[str, str, BaseException]] = []
+            for coll in self._collections.values():
+                # Also what a flush of the application's own still holds, and what failed for good.
+                late_keys = (coll.dirty_keys() | set(coll.inflight_ids)) - set(coll.failed)
+                failures.extend((coll.name, key, late) for key in sorted(late_keys))
+                failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
+            error = FlushError(failures)
         self._state = "stopped"  # no await since the last check: nothing changed in between
         if error is not None:
             log.error("%r: stopping with unwritten changes: %s", self, error)

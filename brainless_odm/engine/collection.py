@@ -125,8 +125,7 @@ class Collection(Generic[D]):
         self.base: dict[str, int] = {}  # CAS base for re-creating a key that has a delete marker
         self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
         self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
-        # key -> (write id, value, expected revision) of a put whose outcome we never learnt
-        self.unknown: dict[str, tuple[str, bytes, int | None]] = {}
+        self.unknown: dict[str, tuple[str, bytes]] = {}  # key -> (write id, value) of unknown outcome
         self.applied = 0  # the last revision applied from the bucket
         self.watch_task: asyncio.Task[None] | None = None
         self._write_ids = itertools.count(1)
@@ -469,17 +468,6 @@ class Collection(Generic[D]):
             left = set(dirty) - same
             _slot_dirty(doc, left if left else _NONE)
 
-    def _refresh(self, doc: D, entry: Entry | None) -> None:
-        """Merge the latest stored version of ``doc`` into it (fields still dirty keep ours)."""
-        if entry is None or entry.operation is not Operation.PUT or entry.revision < doc._odm_rev:
-            return  # a delete reaches us through the watch
-        try:
-            remote = codec.decode(self.cls, entry.key, entry.value)
-        except Exception:
-            return  # unreadable: the watch dead-letters it
-        share(remote)
-        self._merge(doc, remote, entry.revision)
-
     def _remote_delete(self, key: str, doc: D) -> None:
         self.restoring.pop(key, None)
         self._detach(key, doc)
@@ -581,35 +569,24 @@ class Collection(Generic[D]):
         except BaseException:
             # Cancelled while publishes await their acks (``wait_for(db.flush(), t)``,
             # ``stop(timeout=t)``), or the store raised: each may have landed or not, as after a
-            # lost connection. Back to pending and dirty; a retry sends the same write id, so one
-            # that did land is not applied twice. Those whose echo came are known to have landed
-            # (the watch settled them: their write id left ``inflight_ids``).
-            inflight_ids = self.inflight_ids
-            interrupted: list[WriteResult] = [
-                doc._odm_rev
-                if doc is not None and inflight_ids.get(op.key) != op.msg_id
-                else _OUTCOME_UNKNOWN
-                for op, doc in zip(ops, docs, strict=True)
-            ]
+            # lost connection. Back to pending and dirty (unless the watch brought its echo); a
+            # retry sends the same write id, so one that did land is not applied twice.
             with gc_paused():
-                self._settle(ops, docs, fields, interrupted, FlushOutcome())
+                self._settle(ops, docs, fields, [_OUTCOME_UNKNOWN] * len(ops), FlushOutcome())
             raise
         with gc_paused():
             conflicts = self._settle(ops, docs, fields, results, out)
         if conflicts:
             latest = await asyncio.gather(
-                *(bucket.get(op.key) for op, _, _ in conflicts), return_exceptions=True
+                *(bucket.get(op.key) for op, _ in conflicts), return_exceptions=True
             )
-            for (op, doc, refresh), entry in zip(conflicts, latest, strict=True):
+            for (op, doc), entry in zip(conflicts, latest, strict=True):
                 if isinstance(entry, BaseException):
                     out.transient = True
                     continue
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
-                if refresh:
-                    self._refresh(doc, entry)
-                else:
-                    self._resolve(op, doc, entry)
+                self._resolve(op, doc, entry)
 
     def _build_ops(
         self,
@@ -643,17 +620,6 @@ class Collection(Generic[D]):
                     candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
                     if candidate == prior[1]:
                         write_id, value = prior[0], candidate
-                    else:
-                        # Edited since. First learn that write's outcome: send it again as it was
-                        # (deduplicated if it landed, refused by its compare-and-set if something
-                        # else was written since, stored if nothing was). The edits stay dirty
-                        # and pending, for the next round.
-                        self.pending[key] = None
-                        self.inflight_ids[key] = prior[0]
-                        ops.append(WriteOp(key, prior[1], prior[2], prior[0]))
-                        docs.append(doc)
-                        fields.append(_NONE)
-                        continue
                 if value is None:
                     write_id = self._write_id()
                     value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
@@ -678,15 +644,20 @@ class Collection(Generic[D]):
         fields: list[frozenset[str]],
         results: list[WriteResult],
         out: FlushOutcome,
-    ) -> list[tuple[WriteOp, D, bool]]:
-        """Apply the results of one write round; the conflicts to resolve (``False``) and the
-        documents to refresh from their latest stored version (``True``)."""
-        conflicts: list[tuple[WriteOp, D, bool]] = []
+    ) -> list[tuple[WriteOp, D]]:
+        """Apply the results of one write round; the conflicts, to be resolved."""
+        conflicts: list[tuple[WriteOp, D]] = []
         inflight_ids = self.inflight_ids
         for op, doc, changed, res in zip(ops, docs, fields, results, strict=True):
             key = op.key
-            if doc is not None and inflight_ids.get(key) == op.msg_id:
-                del inflight_ids[key]
+            if doc is not None:
+                if inflight_ids.get(key) == op.msg_id:
+                    del inflight_ids[key]
+                elif isinstance(res, ConnectionLost) and self.docs.get(key) is doc:
+                    # No ack in time, but the watch brought its echo (which settled the
+                    # document): it landed. Putting its fields back would write them again,
+                    # over whatever came after it.
+                    res = doc._odm_rev
             if isinstance(res, int):
                 out.written += 1
                 if doc is None:
@@ -694,19 +665,10 @@ class Collection(Generic[D]):
                     if res > self.applied:  # else the watch has already passed it
                         self.tombstones[key] = res
                     continue
-                prior = self.unknown.pop(key, None)
+                self.unknown.pop(key, None)
                 self.base.pop(key, None)
                 self.restoring.pop(key, None)
                 if self.docs.get(key) is doc:
-                    if prior is not None and prior[0] == op.msg_id and op.value is not None:
-                        # A write of unknown outcome landed (now, or at ``res`` long ago).
-                        self._undirty_stored(doc, op.value)
-                        if res < doc._odm_rev:
-                            # Later writes were merged meanwhile, around the fields it had made
-                            # dirty again: take their values for those now.
-                            conflicts.append((op, doc, True))
-                        if doc._odm_dirty:
-                            out.retry.add(key)  # edited since: the next round writes that
                     if res > doc._odm_rev:
                         _slot_rev(doc, res)
                     _slot_inflight(doc, _NONE)
@@ -720,7 +682,7 @@ class Collection(Generic[D]):
                 self._requeue(key, doc, changed)
             if isinstance(res, Conflict):
                 if doc is not None and self.docs.get(key) is doc:
-                    conflicts.append((op, doc, False))
+                    conflicts.append((op, doc))
                 out.retry.add(key)
             elif isinstance(res, ConnectionLost):
                 if (
@@ -729,7 +691,7 @@ class Collection(Generic[D]):
                     and op.msg_id is not None
                     and self.docs.get(key) is doc
                 ):
-                    self.unknown[key] = (op.msg_id, op.value, op.expected_revision)
+                    self.unknown[key] = (op.msg_id, op.value)
                 out.retry.add(key)
                 out.transient = True
             else:
@@ -764,10 +726,10 @@ class Collection(Generic[D]):
                 self._remote_delete(key, doc)  # deleted elsewhere: the delete wins
             return
         meta = codec.read_meta(entry.value)
-        prior = self.unknown.pop(key, None)  # refused, so it never landed (dedup comes first)
-        ours = {op.msg_id, prior[0] if prior is not None else ""}
+        ours = {op.msg_id, self.unknown.get(key, ("",))[0]}
         if meta.get("w") in ours:
             # Our own write landed after all; its fields are stored. Anything dirty since still is.
+            self.unknown.pop(key, None)
             self.restoring.pop(key, None)
             _slot_rev(doc, max(doc._odm_rev, entry.revision))
             return
