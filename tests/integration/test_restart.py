@@ -177,6 +177,23 @@ async def test_server_gone_for_good_keeps_serving_from_memory_and_stop_reports_w
         await server.stop()
 
 
+def _process_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` (Linux ``/proc``)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def freeze(pid: int) -> None:
+    """SIGSTOP our own server and wait until the kernel reports it stopped (the signal is
+    asynchronous: a publish sent right after it could still be answered)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _process_state(pid) in ("T", "t"):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"nats-server {pid} did not stop")
+
+
 @pytest.mark.parametrize("edit", ["update", "create", "delete"])
 async def test_flush_cancelled_while_waiting_for_acks_keeps_the_changes(
     make_db: DbFactory, tmp_path: Path, edit: str
@@ -202,7 +219,7 @@ async def test_flush_cancelled_while_waiting_for_acks_keeps_the_changes(
             doc = objects.add(channel_id="new", priority=3)
         else:
             await old.delete()
-        os.kill(pid, signal.SIGSTOP)  # our own server: it keeps the connections but answers nothing
+        await freeze(pid)  # our own server: it keeps the connections but answers nothing
         try:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(a.flush(), 0.5)
@@ -240,7 +257,7 @@ async def test_stop_with_timeout_names_the_changes_whose_acks_never_came(
         docs = [Call.objects.using(a).add(channel_id=f"c-{i}") for i in range(3)]
         await a.flush()
         docs[1].priority = 5
-        os.kill(pid, signal.SIGSTOP)
+        await freeze(pid)
         try:
             with pytest.raises(FlushError) as info:
                 await a.stop(timeout=0.5)
