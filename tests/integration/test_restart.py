@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,21 @@ async def test_server_gone_for_good_keeps_serving_from_memory_and_stop_reports_w
         await server.stop()
 
 
+@pytest.fixture
+async def own_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A nats-server of this test's own, so it may be frozen; thawed and stopped afterwards.
+    (Ask for it before ``make_db``: the databases stop first.)"""
+    server = NatsServer(store_dir=tmp_path / "js")
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGCONT)
+        await server.stop()
+
+
 def _process_state(pid: int) -> str:
     """The one-letter state of process ``pid`` (Linux ``/proc``)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -196,75 +212,63 @@ async def freeze(pid: int) -> None:
 
 @pytest.mark.parametrize("edit", ["update", "create", "delete"])
 async def test_flush_cancelled_while_waiting_for_acks_keeps_the_changes(
-    make_db: DbFactory, tmp_path: Path, edit: str
+    own_server: NatsServer, make_db: DbFactory, edit: str
 ) -> None:
     """``wait_for(db.flush(), t)`` or ``stop(timeout=t)`` giving up while publishes await their
     acks (a frozen server): the changes stay pending and dirty, ``stop`` names them, and once the
     server answers again they are written, not lost."""
-    server = NatsServer(store_dir=tmp_path / "js")
-    await server.start()
-    assert server.pid is not None
+    server = own_server
     pid = server.pid
+    assert pid is not None
+    a = await make_db(url=server.url, location="a", flush_interval=60)
+    b = await make_db(url=server.url, location="b", flush_interval=60)
+    objects = Call.objects.using(a)
+    old = objects.add(channel_id="old", priority=1)
+    await a.flush()
+    await eventually(lambda: old.uuid in Call.objects.using(b), what="the document on B")
+    if edit == "update":
+        old.priority = 7
+        doc = old
+    elif edit == "create":
+        doc = objects.add(channel_id="new", priority=3)
+    else:
+        await old.delete()
+    await freeze(pid)  # our own server: it keeps the connections but answers nothing
     try:
-        a = await make_db(url=server.url, location="a", flush_interval=60)
-        b = await make_db(url=server.url, location="b", flush_interval=60)
-        objects = Call.objects.using(a)
-        old = objects.add(channel_id="old", priority=1)
-        await a.flush()
-        await eventually(lambda: old.uuid in Call.objects.using(b), what="the document on B")
-        if edit == "update":
-            old.priority = 7
-            doc = old
-        elif edit == "create":
-            doc = objects.add(channel_id="new", priority=3)
-        else:
-            await old.delete()
-        await freeze(pid)  # our own server: it keeps the connections but answers nothing
-        try:
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(a.flush(), 0.5)
-            coll = a.collection(Call)
-            assert coll.dirty_keys() == {old.uuid if edit != "create" else doc.uuid}
-            if edit != "delete":
-                assert doc.is_dirty
-                assert not doc._odm_inflight  # not "in flight": nothing would ever settle it
-            assert a._flush_handle is not None  # the background flush will write them
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await asyncio.wait_for(a.flush(), 10)
-        if edit == "update":
-            await eventually(lambda: Call.objects.using(b)[old.uuid].priority == 7, what="the update on B")
-        elif edit == "create":
-            await eventually(lambda: doc.uuid in Call.objects.using(b), what="the create on B")
-        else:
-            await eventually(lambda: old.uuid not in Call.objects.using(b), what="the delete on B")
-        assert dumps(a) == dumps(b)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a.flush(), 0.5)
+        coll = a.collection(Call)
+        assert coll.dirty_keys() == {old.uuid if edit != "create" else doc.uuid}
+        if edit != "delete":
+            assert doc.is_dirty
+            assert not doc._odm_inflight  # not "in flight": nothing would ever settle it
+        assert a._flush_handle is not None  # the background flush will write them
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        await server.stop()
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.wait_for(a.flush(), 10)
+    if edit == "update":
+        await eventually(lambda: Call.objects.using(b)[old.uuid].priority == 7, what="the update on B")
+    elif edit == "create":
+        await eventually(lambda: doc.uuid in Call.objects.using(b), what="the create on B")
+    else:
+        await eventually(lambda: old.uuid not in Call.objects.using(b), what="the delete on B")
+    assert dumps(a) == dumps(b)
 
 
 async def test_stop_with_timeout_names_the_changes_whose_acks_never_came(
-    make_db: DbFactory, tmp_path: Path
+    own_server: NatsServer, make_db: DbFactory
 ) -> None:
-    server = NatsServer(store_dir=tmp_path / "js")
-    await server.start()
-    assert server.pid is not None
+    server = own_server
     pid = server.pid
+    assert pid is not None
+    a = await make_db(url=server.url, location="a", flush_interval=60)
+    docs = [Call.objects.using(a).add(channel_id=f"c-{i}") for i in range(3)]
+    await a.flush()
+    docs[1].priority = 5
+    await freeze(pid)
     try:
-        a = await make_db(url=server.url, location="a", flush_interval=60)
-        docs = [Call.objects.using(a).add(channel_id=f"c-{i}") for i in range(3)]
-        await a.flush()
-        docs[1].priority = 5
-        await freeze(pid)
-        try:
-            with pytest.raises(FlushError) as info:
-                await a.stop(timeout=0.5)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        assert [(c, k) for c, k, _ in info.value.failures] == [("call", docs[1].uuid)]
+        with pytest.raises(FlushError) as info:
+            await a.stop(timeout=0.5)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-        await server.stop()
+        os.kill(pid, signal.SIGCONT)
+    assert [(c, k) for c, k, _ in info.value.failures] == [("call", docs[1].uuid)]

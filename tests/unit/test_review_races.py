@@ -463,18 +463,24 @@ async def test_a_flush_of_many_rounds_cancelled_midway_puts_back_what_it_took(
 
 
 # -- writes of unknown outcome (flush cancelled, ack lost) -----------------------------------------
+async def flush_given_up(db: Database, g: Gated) -> None:
+    """``wait_for(db.flush(), 0.2)`` timing out while ``g`` holds the acks (the writes reach the
+    store); the gate is open again afterwards."""
+    g.gate_writes = True
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(db.flush(), 0.2)
+    finally:
+        g.gate_writes = False
+        g.release.set()
 
 
 async def test_cancelled_write_whose_echo_came_is_not_retried_over_a_later_remote_write(nodes: Nodes) -> None:
     a, b, store = nodes
     doc, remote = await shared(a, b)
     g = gate(a)
-    g.gate_writes = True
     doc.state = "a"
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)  # landed, and its echo came: a knows it landed
-    g.gate_writes = False
-    g.release.set()
+    await flush_given_up(a, g)  # landed, and its echo came: a knows it landed
     await wait_for(lambda: remote.state == "a", what="b to see a's write")
     remote.state = "b"
     await b.flush()
@@ -505,13 +511,9 @@ async def test_write_of_unknown_outcome_edited_since_does_not_overwrite_a_later_
     coll = a.collection(Ticket)
     await coll.stop_watch()  # the echo comes late (a frozen server)
     g = gate(a)
-    g.gate_writes = True
     doc.state = "a"
     doc.note = "kept"
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)
-    g.gate_writes = False
-    g.release.set()
+    await flush_given_up(a, g)
     assert doc.dirty_fields == {"state", "note"}
     doc.note = "edited since"  # a real edit, still to be written
     await wait_for(lambda: remote.state == "a", what="b to see a's write")
@@ -538,12 +540,8 @@ async def test_write_of_unknown_outcome_settled_by_its_echo(nodes: Nodes) -> Non
     coll = a.collection(Ticket)
     await coll.stop_watch()
     g = gate(a)
-    g.gate_writes = True
     doc.state = "a"
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)
-    g.gate_writes = False
-    g.release.set()
+    await flush_given_up(a, g)
     assert doc.dirty_fields == {"state"}
     coll.start_watch()
     await wait_for(lambda: not doc.is_dirty, what="the echo to settle it")
@@ -559,13 +557,9 @@ async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nod
     coll = a.collection(Ticket)
     await coll.stop_watch()
     g = gate(a)
-    g.gate_writes = True
     doc = Ticket.objects.using(a).add(state="x")
     key = doc.uuid or ""
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)
-    g.gate_writes = False
-    g.release.set()
+    await flush_given_up(a, g)
     assert stored(store, key) is not None  # it landed; a does not know
     await doc.delete()
     await a.flush()
@@ -581,13 +575,9 @@ async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nod
 async def test_readd_after_a_cancelled_create_and_its_delete_is_stored(nodes: Nodes) -> None:
     a, _b, store = nodes
     g = gate(a)
-    g.gate_writes = True
     doc = Ticket.objects.using(a).add(state="x")
     key = doc.uuid or ""
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)
-    g.gate_writes = False
-    g.release.set()
+    await flush_given_up(a, g)
     await doc.delete()
     await a.flush()
     await wait_for(lambda: stored(store, key) is None, what="the delete")
