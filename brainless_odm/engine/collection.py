@@ -57,6 +57,8 @@ _NONE: frozenset[str] = frozenset()
 #: bucket's window of unacknowledged publishes).
 _ROUND = 1024
 _OUTCOME_UNKNOWN = ConnectionLost("the write was interrupted before its ack came")
+#: The fields of a probe: a write of unknown outcome sent again as it was (see ``_build_ops``).
+_PROBE: frozenset[str] = frozenset({"<probe>"})
 
 
 @contextlib.contextmanager
@@ -126,6 +128,10 @@ class Collection(Generic[D]):
         self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
         self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
         self.unknown: dict[str, tuple[str, bytes]] = {}  # key -> (write id, value) of unknown outcome
+        # key in ``unknown`` -> the latest remote version merged into it meanwhile (revision, doc):
+        # merged with that write's fields protected, it is merged again once the write turns out
+        # to have landed before it.
+        self.shadow: dict[str, tuple[int, D]] = {}
         self.applied = 0  # the last revision applied from the bucket
         self.watch_task: asyncio.Task[None] | None = None
         self._write_ids = itertools.count(1)
@@ -231,7 +237,7 @@ class Collection(Generic[D]):
         self.pending.pop(key, None)
         self.failed.pop(key, None)
         # A write of unknown outcome (ack lost, flush cancelled) may have stored it: delete it too.
-        maybe_stored = self.unknown.pop(key, None) is not None
+        maybe_stored = self._forget_unknown(key)
         if doc._odm_rev or doc._odm_inflight or key in self.base or maybe_stored:
             self.deletes[key] = None
             self.db.schedule_flush()
@@ -430,21 +436,38 @@ class Collection(Generic[D]):
             # Added here, not yet written, and the same uuid was created elsewhere: what we add
             # is a change of every field, written over theirs (as on a conflict, see _resolve).
             mark_dirty(doc, self.info.data_fields)
+        if key in self.unknown:
+            self.shadow[key] = (entry.revision, remote)
         self._merge(doc, remote, entry.revision)
 
     def _landed(self, key: str, doc: D, entry: Entry) -> None:
-        """The echo of our write whose outcome we never learnt (ack lost, flush cancelled): it
-        landed, at ``entry.revision``. Its fields were made dirty again for a retry; those whose
-        value is still the one it stored are not edits any more, or a retry would write them over
-        a later remote value (their merge would keep ours)."""
-        del self.unknown[key]
+        """The echo (or the stored version) of our write whose outcome we never learnt (ack lost,
+        flush cancelled): it landed, at ``entry.revision``. Its fields were made dirty again for a
+        retry; those whose value is still the one it stored are not edits any more, or a retry
+        would write them over a later remote value (their merge would keep ours)."""
+        shadow = self.shadow.get(key)
+        self._forget_unknown(key)
         self.base.pop(key, None)
         self.restoring.pop(key, None)
         self._undirty_stored(doc, entry.value)
         if entry.revision > doc._odm_rev:
             _slot_rev(doc, entry.revision)
-        if not doc._odm_dirty and not doc._odm_inflight:
+        if shadow is not None and shadow[0] > entry.revision:
+            self._merge_again(doc, shadow)
+        if not doc._odm_dirty and not doc._odm_inflight and key not in self.deletes:
             self.pending.pop(key, None)
+
+    def _forget_unknown(self, key: str) -> bool:
+        """The outcome of ``key``'s write is known (or no longer matters); True if it was unknown."""
+        self.shadow.pop(key, None)
+        return self.unknown.pop(key, None) is not None
+
+    def _merge_again(self, doc: D, shadow: tuple[int, D]) -> None:
+        """Our write of unknown outcome landed *before* the remote version ``shadow``, which was
+        merged with that write's fields kept: the remote values are the later ones, so they go in
+        now for every field not edited here since."""
+        revision, remote = shadow
+        self._merge(doc, remote, max(revision, doc._odm_rev))
 
     def _undirty_stored(self, doc: D, value: bytes) -> None:
         """Fields dirty only because a write of unknown outcome was put back, and still holding
@@ -473,7 +496,7 @@ class Collection(Generic[D]):
         self._detach(key, doc)
         self.pending.pop(key, None)
         self.failed.pop(key, None)
-        self.unknown.pop(key, None)
+        self._forget_unknown(key)
         self._fire_delete(doc, False)
 
     def _merge(self, doc: D, remote: D, revision: int) -> None:
@@ -586,7 +609,8 @@ class Collection(Generic[D]):
                     continue
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
-                self._resolve(op, doc, entry)
+                if self._resolve(op, doc, entry):
+                    out.written += 1
 
     def _build_ops(
         self,
@@ -613,6 +637,7 @@ class Collection(Generic[D]):
             changed = frozenset(doc._odm_dirty) if doc._odm_rev else all_fields
             prior = self.unknown.get(key)
             value = None
+            expected = doc._odm_rev or self.base.get(key, 0)
             try:
                 if prior is not None:
                     # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
@@ -620,6 +645,16 @@ class Collection(Generic[D]):
                     candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
                     if candidate == prior[1]:
                         write_id, value = prior[0], candidate
+                    else:
+                        # Edited since. Written as a new write, its fields would go over any
+                        # later remote values of them that we kept out while it was unknown.
+                        # So first learn its outcome: send it again exactly as it was (same id:
+                        # a no-op if it landed); the edits stay dirty and follow it.
+                        ops.append(WriteOp(key, prior[1], expected, prior[0]))
+                        docs.append(doc)
+                        fields.append(_PROBE)
+                        self.pending[key] = None
+                        continue
                 if value is None:
                     write_id = self._write_id()
                     value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
@@ -631,7 +666,6 @@ class Collection(Generic[D]):
                 continue
             _slot_dirty(doc, _NONE)
             _slot_inflight(doc, changed | doc._odm_inflight)
-            expected = doc._odm_rev or self.base.get(key, 0)
             self.inflight_ids[key] = write_id
             ops.append(WriteOp(key, value, expected, write_id))
             docs.append(doc)
@@ -650,6 +684,10 @@ class Collection(Generic[D]):
         inflight_ids = self.inflight_ids
         for op, doc, changed, res in zip(ops, docs, fields, results, strict=True):
             key = op.key
+            if changed is _PROBE:
+                assert doc is not None
+                self._settle_probe(op, doc, res, out, conflicts)
+                continue
             if doc is not None:
                 if inflight_ids.get(key) == op.msg_id:
                     del inflight_ids[key]
@@ -665,13 +703,26 @@ class Collection(Generic[D]):
                     if res > self.applied:  # else the watch has already passed it
                         self.tombstones[key] = res
                     continue
-                self.unknown.pop(key, None)
+                # A retry of a write of unknown outcome answered with a revision at or below
+                # the one it expected: a duplicate, so the first attempt landed back then, under
+                # the remote version we have merged since (with its fields kept).
+                prior = self.unknown.get(key)
+                shadow = self.shadow.get(key)
+                earlier = (
+                    prior is not None
+                    and prior[0] == op.msg_id
+                    and op.expected_revision is not None
+                    and res <= op.expected_revision
+                )
+                self._forget_unknown(key)
                 self.base.pop(key, None)
                 self.restoring.pop(key, None)
                 if self.docs.get(key) is doc:
                     if res > doc._odm_rev:
                         _slot_rev(doc, res)
                     _slot_inflight(doc, _NONE)
+                    if earlier and shadow is not None and shadow[0] > res:
+                        self._merge_again(doc, shadow)
                 else:
                     # Deleted here while the write was in flight: that delete must follow it.
                     _slot_inflight(doc, _NONE)
@@ -703,6 +754,27 @@ class Collection(Generic[D]):
                 out.failures.append((self.name, key, res))
         return conflicts
 
+    def _settle_probe(
+        self, op: WriteOp, doc: D, res: WriteResult, out: FlushOutcome, conflicts: list[tuple[WriteOp, D]]
+    ) -> None:
+        """The result of a probe (see ``_build_ops``): the document's edits are written next."""
+        key = op.key
+        if self.docs.get(key) is not doc:
+            return  # deleted here meanwhile: the delete follows (see delete())
+        out.retry.add(key)
+        prior = self.unknown.get(key)
+        if prior is None or prior[0] != op.msg_id:
+            return  # settled meanwhile (its echo came)
+        if isinstance(res, int):
+            # It landed: now if the revision is new, earlier (a duplicate) if not.
+            self._landed(key, doc, Entry(key, op.value or b"", res, Operation.PUT))
+        elif isinstance(res, Conflict):
+            conflicts.append((op, doc))  # rebase on the latest version; probe again
+        elif isinstance(res, ConnectionLost):
+            out.transient = True
+        else:
+            self._forget_unknown(key)  # the edits' own write reports what is wrong
+
     def _requeue(self, key: str, doc: D, changed: frozenset[str]) -> None:
         """A write did not land: its fields are dirty again (unless stored by then)."""
         if self.docs.get(key) is not doc:
@@ -713,26 +785,27 @@ class Collection(Generic[D]):
         _slot_inflight(doc, _NONE)
         self.pending[key] = None
 
-    def _resolve(self, op: WriteOp, doc: D, entry: Entry | None) -> None:
-        """After a CAS conflict: rebase ``doc`` on the latest stored version of its key."""
+    def _resolve(self, op: WriteOp, doc: D, entry: Entry | None) -> bool:
+        """After a CAS conflict: rebase ``doc`` on the latest stored version of its key. True if
+        that version is our own write of unknown outcome (it landed: nothing is left to write)."""
         key = op.key
         if entry is not None and doc._odm_rev and entry.revision <= doc._odm_rev:
-            return  # the watch already brought this or newer: retry on what we have
+            return False  # the watch already brought this or newer: retry on what we have
         if entry is None or entry.operation is not Operation.PUT:
             marker = entry.revision if entry is not None else 0
             if doc._odm_rev == 0:
                 self.base[key] = marker  # a new document whose key has a delete marker: re-create it
             else:
                 self._remote_delete(key, doc)  # deleted elsewhere: the delete wins
-            return
+            return False
         meta = codec.read_meta(entry.value)
         ours = {op.msg_id, self.unknown.get(key, ("",))[0]}
         if meta.get("w") in ours:
-            # Our own write landed after all; its fields are stored. Anything dirty since still is.
-            self.unknown.pop(key, None)
-            self.restoring.pop(key, None)
-            _slot_rev(doc, max(doc._odm_rev, entry.revision))
-            return
+            # Our own write landed after all (a retry of a landed write is refused by its stale
+            # compare-and-set before JetStream looks at its id). Fields still holding what it
+            # stored are clean; anything edited since is still dirty and written next.
+            self._landed(key, doc, entry)
+            return True
         if doc._odm_rev == 0:
             # The same uuid created elsewhere first: what we add counts as a change of every field.
             mark_dirty(doc, self.info.data_fields)
@@ -740,9 +813,12 @@ class Collection(Generic[D]):
             remote = codec.decode(self.cls, key, entry.value)
         except Exception:
             _slot_rev(doc, entry.revision)  # unreadable there: our version replaces it
-            return
+            return False
+        if key in self.unknown:
+            self.shadow[key] = (entry.revision, remote)
         # The watch brings this entry too; _merge set _odm_rev, so it will be skipped there.
         self._merge(doc, remote, entry.revision)
+        return False
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def stop_watch(self) -> None:

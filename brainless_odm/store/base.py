@@ -14,7 +14,9 @@ Semantics every implementation keeps:
   for that key (a put *or* a delete/purge marker) has exactly that revision; ``0`` means "the key
   has never been written (or was purged away)". ``None`` writes unconditionally.
 * ``msg_id`` makes a write idempotent: a second write with the same ``msg_id`` inside the
-  duplicate window is not applied again and reports the revision of the first.
+  duplicate window is not applied again and reports the revision of the first. The
+  compare-and-set is checked first (JetStream's order): a retry whose ``expected_revision`` is
+  stale by then (its first attempt landed, or anything else was written) gets a ``Conflict``.
 * ``watch(after)`` yields every entry with revision > ``after`` in revision order, live, until the
   iterator is closed; across a lost connection it resumes where it stopped, never skipping one.
 """

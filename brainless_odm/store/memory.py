@@ -92,14 +92,16 @@ class MemoryBucket:
                 size=len(op.value),
                 limit=self.max_value_size,
             )
-        if op.msg_id is not None:
-            seen = self._msg_ids.get(op.msg_id)
-            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
-                return seen[1]
+        # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
+        # expected revision went stale is refused even if its first attempt landed.
         if op.expected_revision is not None:
             current = self._latest.get(op.key)
             if (current.revision if current is not None else 0) != op.expected_revision:
                 return Conflict(key=op.key, expected_revision=op.expected_revision)
+        if op.msg_id is not None:
+            seen = self._msg_ids.get(op.msg_id)
+            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+                return seen[1]
         if op.value is None:
             rev = self._append(op.key, b"", Operation.DELETE)
         else:

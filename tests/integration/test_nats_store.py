@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge
 from brainless_odm.store.base import Bucket, BucketConfig, Conflict, Entry, KVStore, Operation, WriteOp
+from brainless_odm.store.memory import MemoryStore
 from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
 from brainless_odm.testing import NatsServer, free_port
 
@@ -115,6 +116,23 @@ async def test_msg_id_deduplicates(bucket: NatsBucket) -> None:
     entry = await bucket.get("m")
     assert entry is not None
     assert entry.revision == first[0]
+
+
+@pytest.mark.parametrize("kind", ["nats", "memory"])
+async def test_compare_and_set_is_checked_before_the_duplicate_window(bucket: NatsBucket, kind: str) -> None:
+    """The engine relies on this order on both stores: a retry of a landed compare-and-set write
+    with the same id is a conflict; with the expected revision brought up to date it is a
+    duplicate, reported with the first write's revision."""
+    b: Bucket = bucket if kind == "nats" else await MemoryStore().open_bucket("b", BucketConfig())
+    first = _revision((await b.write([WriteOp("k", b"1", expected_revision=0, msg_id="w1")]))[0])
+    assert await b.write([WriteOp("k", b"1", expected_revision=0, msg_id="w1")]) == [Conflict("k", 0)]
+    assert await b.write([WriteOp("k", b"1", expected_revision=first, msg_id="w1")]) == [first]
+    assert await b.write([WriteOp("k", b"1", msg_id="w1")]) == [first]
+    later = _revision((await b.write([WriteOp("k", b"2", expected_revision=first, msg_id="w2")]))[0])
+    assert await b.write([WriteOp("k", b"1", expected_revision=later, msg_id="w1")]) == [first]
+    entry = await b.get("k")
+    assert entry is not None
+    assert (entry.revision, entry.value) == (later, b"2")
 
 
 async def test_load_20k_complete_every_time(

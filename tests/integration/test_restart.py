@@ -272,3 +272,49 @@ async def test_stop_with_timeout_names_the_changes_whose_acks_never_came(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert [(c, k) for c, k, _ in info.value.failures] == [("call", docs[1].uuid)]
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["retried as it was", "edited before the retry"])
+async def test_write_of_unknown_outcome_does_not_win_over_a_later_write_it_never_saw(
+    own_server: NatsServer, make_db: DbFactory, edited: bool
+) -> None:
+    """A's flush gives up on a frozen server; its write lands when the server thaws, but A's
+    watch is behind and B overwrites the field first, so A never sees its own write (the bucket
+    keeps one revision a key). B's later value must win everywhere, and A's edit made since must
+    still be written. On NATS a retry with a stale compare-and-set is refused before its write id
+    is looked at, so this is the server's real order, not the in-memory store's."""
+    server = own_server
+    pid = server.pid
+    assert pid is not None
+    a = await make_db(url=server.url, location="a", flush_interval=60)
+    b = await make_db(url=server.url, location="b", flush_interval=60)
+    doc = Call.objects.using(a).add(channel_id="c", priority=1)
+    await a.flush()
+    key = doc.uuid
+    assert key is not None
+    await eventually(lambda: key in Call.objects.using(b), what="the document on B")
+    coll = a.collection(Call)
+    await coll.stop_watch()  # A's watch falls behind
+    doc.priority = 7
+    await freeze(pid)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a.flush(), 0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    remote = Call.objects.using(b)[key]
+    await eventually(lambda: remote.priority == 7, what="A's write, landed after all, on B")
+    remote.priority = 9
+    await b.flush()
+    if edited:
+        doc.note = "edited since"
+    coll.start_watch()  # only B's revision is left to see
+    await eventually(lambda: doc._odm_rev == remote._odm_rev, what="A's watch to catch up")
+    await asyncio.wait_for(a.flush(), 10)
+    expected_note = "edited since" if edited else ""
+    assert (doc.priority, doc.note) == (9, expected_note)
+    assert not doc.is_dirty
+    await eventually(lambda: remote.note == expected_note, what="the edit on B")
+    assert remote.priority == 9
+    fresh = await make_db(url=server.url, location="fresh")
+    assert dumps(fresh) == dumps(a) == dumps(b)

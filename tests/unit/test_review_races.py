@@ -494,12 +494,6 @@ async def test_cancelled_write_whose_echo_came_is_not_retried_over_a_later_remot
     assert not a.collection(Ticket).dirty_keys()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole: a write of unknown outcome whose echo this node never sees (replaced in a "
-    "one-revision bucket before the watch caught up) is retried as a new write once the document "
-    "was edited, over the later remote value; needs the retry to learn the first write's outcome",
-)
 async def test_write_of_unknown_outcome_edited_since_does_not_overwrite_a_later_remote_write(
     nodes: Nodes,
 ) -> None:
@@ -532,6 +526,64 @@ async def test_write_of_unknown_outcome_edited_since_does_not_overwrite_a_later_
     assert remote.state == "b"
 
 
+async def test_write_of_unknown_outcome_retried_unedited_takes_a_later_remote_write(nodes: Nodes) -> None:
+    """As above without the edit: the retry is the first write again, and the server answers it
+    as a duplicate (a revision below the one it expected). a's copy takes b's later value of
+    ``state``, which it had kept out while the write was unknown."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    g = gate(a)
+    doc.state = "a"
+    await flush_given_up(a, g)
+    await wait_for(lambda: remote.state == "a", what="b to see a's write")
+    remote.state = "b"
+    await b.flush()
+    coll.start_watch()
+    await wait_for(lambda: coll.shadow, what="a to merge b's revision while unknown")
+    assert doc.state == "a"  # kept: a cannot tell yet whether its write came first
+    revision = store.bucket("test-ticket")._revision
+    await a.flush()
+    await settle()
+    assert store.bucket("test-ticket")._revision == revision  # nothing written again
+    assert doc.state == "b"
+    assert not doc.is_dirty
+    assert not coll.unknown
+    assert not coll.shadow
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert ticket.state == "b"
+
+
+async def test_probe_of_a_write_that_never_landed_then_writes_the_edits(nodes: Nodes) -> None:
+    """The held write never reached the store: the probe stores it now (it is the earlier
+    change), then the edit made since follows."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    g = gate(a)
+    g.gate_writes = g.unapplied = True
+    doc.state = "a"
+    doc.note = "kept"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = g.unapplied = False
+    g.release.set()
+    await settle()
+    coll = a.collection(Ticket)
+    assert coll.unknown
+    doc.note = "edited since"
+    await a.flush()
+    await settle()
+    assert not coll.unknown
+    assert not doc.is_dirty
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note) == ("a", "edited since")
+    await wait_for(lambda: remote.note == "edited since", what="b to see the edit")
+    assert remote.state == "a"
+
+
 async def test_write_of_unknown_outcome_settled_by_its_echo(nodes: Nodes) -> None:
     """The echo arrives after the flush gave up: the fields it stored are clean again."""
     a, _b, store = nodes
@@ -550,6 +602,33 @@ async def test_write_of_unknown_outcome_settled_by_its_echo(nodes: Nodes) -> Non
     revision = store.bucket("test-ticket")._revision
     assert await a.flush() == 0
     assert store.bucket("test-ticket")._revision == revision
+
+
+@pytest.mark.parametrize("what", ["update", "create"])
+async def test_retry_of_a_landed_write_learns_it_landed_without_the_echo(nodes: Nodes, what: str) -> None:
+    """No echo (the watch is stopped): the retry's compare-and-set is refused, since the first
+    attempt landed (JetStream checks it before the duplicate window), and the stored version
+    shows our write id. Nothing is written a second time and nothing is left dirty."""
+    a, _b, store = nodes
+    coll = a.collection(Ticket)
+    doc = Ticket.objects.using(a).add() if what == "update" else None
+    await a.flush()
+    await coll.stop_watch()
+    g = gate(a)
+    if doc is None:
+        doc = Ticket.objects.using(a).add(state="a")
+    else:
+        doc.state = "a"
+    await flush_given_up(a, g)
+    revision = store.bucket("test-ticket")._revision
+    assert doc.is_dirty or doc._odm_rev == 0
+    assert await a.flush() == 1
+    assert store.bucket("test-ticket")._revision == revision  # not written twice
+    assert not doc.is_dirty
+    assert doc._odm_rev == revision
+    assert not coll.dirty_keys()
+    assert not coll.unknown
+    assert await a.flush() == 0
 
 
 async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nodes) -> None:
