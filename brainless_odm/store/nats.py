@@ -1332,6 +1332,9 @@ class NatsBucket:
                             rnd.settle(i, _lost(f"{self._name}/{op.key}: publish failed", e))
                             i += 1
                             continue
+                        except BaseException:
+                            acks.pop(token, None)  # cancelled: not in ``sent`` yet, so forget it here
+                            raise
                         tokens.append((token, i))
                     sent.append((deadline, token, i))
                     i += 1

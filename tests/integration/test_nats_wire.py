@@ -179,3 +179,29 @@ async def test_missing_acks_time_out(nats_url: str, shortcuts: bool) -> None:
     finally:
         await nc.close()
         await listener.close()
+
+
+async def test_a_cancelled_publish_leaves_no_ack_behind(
+    plain_client: Client, brainless_namespace: str
+) -> None:
+    """Public-API path: a write cancelled inside ``publish`` forgets that publish's ack slot."""
+    store = NatsKVStore(plain_client, namespace=brainless_namespace)
+    try:
+        bucket = await store.open_bucket(f"{brainless_namespace}-cancel", BucketConfig())
+        assert await bucket.write([WriteOp("a", b"1", expected_revision=0)]) == [1]
+        entered = asyncio.Event()
+
+        async def stuck(*args: object, **kwargs: object) -> None:
+            entered.set()
+            await asyncio.Event().wait()
+
+        plain_client.__dict__["publish"] = stuck
+        task = asyncio.create_task(bucket.write([WriteOp("b", b"2", expected_revision=0)]))
+        await asyncio.wait_for(entered.wait(), 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not bucket._acks
+    finally:
+        plain_client.__dict__.pop("publish", None)
+        await store.close()
