@@ -389,7 +389,11 @@ class Collection(Generic[D]):
         if entry.operation is not Operation.PUT:
             # A document added here and not yet stored (_odm_rev 0) is not the one deleted: its
             # create is a compare-and-set, so it meets this marker as a conflict and re-creates.
-            if doc is not None and doc._odm_rev and entry.revision > doc._odm_rev:
+            # Unless that create's outcome is unknown: it landed, and this deletes it.
+            if doc is not None and (
+                (doc._odm_rev and entry.revision > doc._odm_rev)
+                or (doc._odm_rev == 0 and self._deleted_after_create(key, entry.revision))
+            ):
                 self._remote_delete(key, doc)
             return
         if doc is not None:
@@ -450,12 +454,25 @@ class Collection(Generic[D]):
         self.base.pop(key, None)
         self.restoring.pop(key, None)
         self._undirty_stored(doc, entry.value)
-        if entry.revision > doc._odm_rev:
+        on_top = entry.revision > doc._odm_rev
+        if on_top:
             _slot_rev(doc, entry.revision)
         if shadow is not None and shadow[0] > entry.revision:
             self._merge_again(doc, shadow)
+        elif on_top and doc._odm_rev:
+            # It landed over what we hold: a probe (sent with the current revision) that had not
+            # landed before stores the values the document had back then. Every field changed
+            # here since (an edit, or a remote value merged meanwhile) is written again over it.
+            self._mark_unlike_stored(doc, entry.value)
         if not doc._odm_dirty and not doc._odm_inflight and key not in self.deletes:
             self.pending.pop(key, None)
+        elif doc._odm_dirty:
+            self._changed(key)
+
+    def _deleted_after_create(self, key: str, marker: int) -> bool:
+        """A delete marker above the revision our create of unknown outcome expected: that create
+        landed (nobody else knows a new uuid), and another node deleted it since."""
+        return key in self.unknown and marker > self.base.get(key, 0)
 
     def _forget_unknown(self, key: str) -> bool:
         """The outcome of ``key``'s write is known (or no longer matters); True if it was unknown."""
@@ -490,6 +507,27 @@ class Collection(Generic[D]):
         if same:
             left = set(dirty) - same
             _slot_dirty(doc, left if left else _NONE)
+
+    def _mark_unlike_stored(self, doc: D, value: bytes) -> None:
+        """Mark dirty every field whose value differs from the one stored in ``value``."""
+        try:
+            stored = codec.decode(self.cls, doc.uuid or "", value).__dict__
+        except Exception:
+            mark_dirty(doc, self.info.data_fields)
+            return
+        d = doc.__dict__
+        unlike = []
+        for name in self.info.data_fields:
+            if name in doc._odm_inflight:
+                continue  # being written now
+            try:
+                same = name in stored and bool(d[name] == stored[name])
+            except Exception:
+                same = False
+            if not same:
+                unlike.append(name)
+        if unlike:
+            mark_dirty(doc, unlike)
 
     def _remote_delete(self, key: str, doc: D) -> None:
         self.restoring.pop(key, None)
@@ -766,14 +804,19 @@ class Collection(Generic[D]):
         if prior is None or prior[0] != op.msg_id:
             return  # settled meanwhile (its echo came)
         if isinstance(res, int):
-            # It landed: now if the revision is new, earlier (a duplicate) if not.
+            # It landed: earlier if the answer is a duplicate (a revision at or below the one
+            # expected), now if not.
             self._landed(key, doc, Entry(key, op.value or b"", res, Operation.PUT))
         elif isinstance(res, Conflict):
             conflicts.append((op, doc))  # rebase on the latest version; probe again
         elif isinstance(res, ConnectionLost):
             out.transient = True
         else:
-            self._forget_unknown(key)  # the edits' own write reports what is wrong
+            # Still unknown (a new write now could go over later remote values): reported as a
+            # failure, probed again by the next flush.
+            self.pending.pop(key, None)
+            self.failed[key] = res
+            out.failures.append((self.name, key, res))
 
     def _requeue(self, key: str, doc: D, changed: frozenset[str]) -> None:
         """A write did not land: its fields are dirty again (unless stored by then)."""
@@ -793,7 +836,9 @@ class Collection(Generic[D]):
             return False  # the watch already brought this or newer: retry on what we have
         if entry is None or entry.operation is not Operation.PUT:
             marker = entry.revision if entry is not None else 0
-            if doc._odm_rev == 0:
+            if doc._odm_rev == 0 and self._deleted_after_create(key, marker):
+                self._remote_delete(key, doc)
+            elif doc._odm_rev == 0:
                 self.base[key] = marker  # a new document whose key has a delete marker: re-create it
             else:
                 self._remote_delete(key, doc)  # deleted elsewhere: the delete wins

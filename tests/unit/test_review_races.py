@@ -584,6 +584,60 @@ async def test_probe_of_a_write_that_never_landed_then_writes_the_edits(nodes: N
     assert remote.state == "a"
 
 
+async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(nodes: Nodes) -> None:
+    """The held write (state) never reached the store; b changes another field (note) and a
+    merges it. The probe stores the held write's bytes now, with the old note: a writes its
+    note again over it, so b's change survives everywhere."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    coll = a.collection(Ticket)
+    g = gate(a)
+    g.gate_writes = g.unapplied = True
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = g.unapplied = False
+    g.release.set()
+    await settle()
+    assert coll.unknown
+    remote.note = "b"
+    await b.flush()
+    await wait_for(lambda: doc.note == "b", what="a to merge b's note")
+    await a.flush()
+    await settle()
+    await a.flush()
+    await settle()
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note) == ("a", "b")
+    await wait_for(lambda: (remote.state, remote.note) == ("a", "b"), what="b to converge")
+    assert not doc.is_dirty
+
+
+async def test_create_of_unknown_outcome_deleted_elsewhere_stays_deleted(nodes: Nodes) -> None:
+    """a's create landed but a never learnt it (ack held, echo missed); b deletes it. a must
+    not keep (or write back) a document the bucket no longer has."""
+    a, b, store = nodes
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    g = gate(a)
+    doc = Ticket.objects.using(a).add(state="a")
+    key = doc.uuid or ""
+    await flush_given_up(a, g)
+    assert coll.unknown
+    await wait_for(lambda: key in Ticket.objects.using(b), what="b to see the create")
+    Ticket.objects.using(b).delete(key)
+    await b.flush()
+    coll.start_watch()
+    await settle()
+    await a.flush()
+    await settle()
+    await a.flush()
+    await settle()
+    assert stored(store, key) is None
+    assert key not in Ticket.objects.using(a)
+
+
 async def test_write_of_unknown_outcome_settled_by_its_echo(nodes: Nodes) -> None:
     """The echo arrives after the flush gave up: the fields it stored are clean again."""
     a, _b, store = nodes
