@@ -448,22 +448,31 @@ class Collection(Generic[D]):
         """The echo (or the stored version) of our write whose outcome we never learnt (ack lost,
         flush cancelled): it landed, at ``entry.revision``. Its fields were made dirty again for a
         retry; those whose value is still the one it stored are not edits any more, or a retry
-        would write them over a later remote value (their merge would keep ours)."""
+        would write them over a later remote value (their merge would keep ours).
+
+        If it landed over what we hold (a probe, sent with the current revision, that had not
+        landed before), it stored the values the document had back then: every field changed here
+        since (an edit, or a remote value merged meanwhile) is dirty, to be written over it."""
         shadow = self.shadow.get(key)
+        later = shadow if shadow is not None and shadow[0] > entry.revision else None
         self._forget_unknown(key)
         self.base.pop(key, None)
         self.restoring.pop(key, None)
-        self._undirty_stored(doc, entry.value)
-        on_top = entry.revision > doc._odm_rev
+        on_top = later is None and entry.revision > doc._odm_rev
         if on_top:
+            names: Iterable[str] = [n for n in self.info.data_fields if n not in doc._odm_inflight]
+        else:
+            names = doc._odm_dirty
+        if names:
+            unlike = self._unlike_stored(doc, entry.value, names)
+            if unlike is not None:
+                _slot_dirty(doc, unlike or _NONE)
+            elif on_top:
+                mark_dirty(doc, names)
+        if entry.revision > doc._odm_rev:
             _slot_rev(doc, entry.revision)
-        if shadow is not None and shadow[0] > entry.revision:
-            self._merge_again(doc, shadow)
-        elif on_top and doc._odm_rev:
-            # It landed over what we hold: a probe (sent with the current revision) that had not
-            # landed before stores the values the document had back then. Every field changed
-            # here since (an edit, or a remote value merged meanwhile) is written again over it.
-            self._mark_unlike_stored(doc, entry.value)
+        if later is not None:
+            self._merge_again(doc, later)
         if not doc._odm_dirty and not doc._odm_inflight and key not in self.deletes:
             self.pending.pop(key, None)
         elif doc._odm_dirty:
@@ -486,48 +495,23 @@ class Collection(Generic[D]):
         revision, remote = shadow
         self._merge(doc, remote, max(revision, doc._odm_rev))
 
-    def _undirty_stored(self, doc: D, value: bytes) -> None:
-        """Fields dirty only because a write of unknown outcome was put back, and still holding
-        what it stored (``value``), are clean: the write landed."""
-        dirty = doc._odm_dirty
-        if not dirty:
-            return
+    def _unlike_stored(self, doc: D, value: bytes, names: Iterable[str]) -> set[str] | None:
+        """Those of ``names`` whose value here differs from the one stored in ``value`` (bytes we
+        encoded); None if they do not decode (cannot happen: then nothing is known)."""
         try:
             stored = codec.decode(self.cls, doc.uuid or "", value).__dict__
         except Exception:
-            return  # cannot happen for bytes we encoded; keep every field dirty then
+            return None
         d = doc.__dict__
-        same = set()
-        for name in dirty:
-            try:
-                if name in stored and bool(d[name] == stored[name]):
-                    same.add(name)
-            except Exception:
-                pass
-        if same:
-            left = set(dirty) - same
-            _slot_dirty(doc, left if left else _NONE)
-
-    def _mark_unlike_stored(self, doc: D, value: bytes) -> None:
-        """Mark dirty every field whose value differs from the one stored in ``value``."""
-        try:
-            stored = codec.decode(self.cls, doc.uuid or "", value).__dict__
-        except Exception:
-            mark_dirty(doc, self.info.data_fields)
-            return
-        d = doc.__dict__
-        unlike = []
-        for name in self.info.data_fields:
-            if name in doc._odm_inflight:
-                continue  # being written now
+        unlike = set()
+        for name in names:
             try:
                 same = name in stored and bool(d[name] == stored[name])
             except Exception:
                 same = False
             if not same:
-                unlike.append(name)
-        if unlike:
-            mark_dirty(doc, unlike)
+                unlike.add(name)
+        return unlike
 
     def _remote_delete(self, key: str, doc: D) -> None:
         self.restoring.pop(key, None)
@@ -741,17 +725,10 @@ class Collection(Generic[D]):
                     if res > self.applied:  # else the watch has already passed it
                         self.tombstones[key] = res
                     continue
-                # A retry of a write of unknown outcome answered with a revision at or below
-                # the one it expected: a duplicate, so the first attempt landed back then, under
-                # the remote version we have merged since (with its fields kept).
-                prior = self.unknown.get(key)
+                # A retry of a write of unknown outcome (a shadow exists only for those) answered
+                # with a revision below a remote version merged since: a duplicate, so the first
+                # attempt landed back then, under that version (merged with its fields kept).
                 shadow = self.shadow.get(key)
-                earlier = (
-                    prior is not None
-                    and prior[0] == op.msg_id
-                    and op.expected_revision is not None
-                    and res <= op.expected_revision
-                )
                 self._forget_unknown(key)
                 self.base.pop(key, None)
                 self.restoring.pop(key, None)
@@ -759,7 +736,7 @@ class Collection(Generic[D]):
                     if res > doc._odm_rev:
                         _slot_rev(doc, res)
                     _slot_inflight(doc, _NONE)
-                    if earlier and shadow is not None and shadow[0] > res:
+                    if shadow is not None and shadow[0] > res:
                         self._merge_again(doc, shadow)
                 else:
                     # Deleted here while the write was in flight: that delete must follow it.
