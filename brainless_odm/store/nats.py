@@ -834,6 +834,8 @@ class NatsWatch:
 
 #: Publishes per batch command (one write to the client's buffer).
 _BATCH = 256
+#: How often a write waiting for acks looks whether the client reconnected meanwhile (seconds).
+_RECONNECT_CHECK = 0.1
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -1189,27 +1191,32 @@ class NatsBucket:
             headers=headers or None,
         )
 
-    async def _drain(self, rnd: _Round, sent: deque[tuple[float, int, int]], level: int) -> None:
+    async def _drain(self, rnd: _Round, sent: deque[tuple[float, int, int, int]], level: int) -> None:
         """Wait until at most ``level`` of ``rnd``'s publishes await their ack; a publish whose
-        ack is later than the timeout is settled as ``ConnectionLost`` (it may still land)."""
+        ack is later than the timeout, or that was sent on a connection lost since (its ack can
+        never come: the client has reconnected), is settled as ``ConnectionLost`` (it may still
+        have landed; the engine retries it)."""
         loop = asyncio.get_running_loop()
         results = rnd.results
+        stats = self._nc.stats
         while rnd.outstanding > level:
             while sent and results[sent[0][2]] is not None:
                 sent.popleft()
             if not sent:  # cannot happen: every unsettled publish is in ``sent``
                 raise AssertionError("write pipeline lost track of a publish")
-            deadline, token, i = sent[0]
-            if loop.time() >= deadline:
+            deadline, token, i, epoch = sent[0]
+            now = loop.time()
+            if now >= deadline or epoch != stats["reconnects"]:
                 sent.popleft()
                 self._acks.pop(token, None)
-                rnd.settle(
-                    i, _lost(f"{self._name}/{rnd.ops[i].key}: no publish ack", nats.errors.TimeoutError())
-                )
+                why = "no publish ack" if now >= deadline else "no publish ack before the connection was lost"
+                rnd.settle(i, _lost(f"{self._name}/{rnd.ops[i].key}: {why}", nats.errors.TimeoutError()))
                 continue
             waiter: asyncio.Future[None] = loop.create_future()
             rnd.waiter, rnd.level = waiter, level
-            timer = loop.call_at(deadline, _wake, waiter)
+            # Woken now and then to notice a reconnect: without it a flush in progress when the
+            # server restarted would sit out the whole timeout.
+            timer = loop.call_at(min(deadline, now + _RECONNECT_CHECK), _wake, waiter)
             try:
                 await waiter
             finally:
@@ -1238,7 +1245,7 @@ class NatsBucket:
         acks = self._acks
         # In publish order; acks of one stream come back in order, so the head has the earliest
         # deadline and waiting on it alone bounds every op by the timeout.
-        sent: deque[tuple[float, int, int]] = deque()
+        sent: deque[tuple[float, int, int, int]] = deque()
         window = self._max_inflight
         n = len(ops)
         i = 0
@@ -1252,6 +1259,7 @@ class NatsBucket:
                 tokens: list[tuple[int, int]] = []
                 size = 0
                 deadline = loop.time() + self._timeout
+                epoch = nc.stats["reconnects"]
                 while i < n and len(tokens) < room:
                     op = ops[i]
                     bad = self._check_op(op)
@@ -1290,7 +1298,7 @@ class NatsBucket:
                             acks.pop(token, None)  # cancelled: not in ``sent`` yet, so forget it here
                             raise
                         tokens.append((token, i))
-                    sent.append((deadline, token, i))
+                    sent.append((deadline, token, i, epoch))
                     i += 1
                 if commands:
                     try:
@@ -1302,7 +1310,7 @@ class NatsBucket:
             await self._drain(rnd, sent, 0)
         finally:
             # Cancelled midway: forget our tokens so late acks are dropped, not leaked.
-            for _d, token, _i in sent:
+            for _d, token, _i, _e in sent:
                 acks.pop(token, None)
 
         if any(r is _NO_RESPONDERS for r in results):

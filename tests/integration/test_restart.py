@@ -15,6 +15,9 @@ import pytest
 from sync_helpers import Call, DbFactory, dumps, eventually
 
 from brainless_odm import Database, FlushError
+from brainless_odm.exceptions import ConnectionLost
+from brainless_odm.store.base import BucketConfig, WriteOp
+from brainless_odm.store.nats import NatsKVStore, connect
 from brainless_odm.testing import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -318,3 +321,35 @@ async def test_write_of_unknown_outcome_does_not_win_over_a_later_write_it_never
     assert remote.priority == 9
     fresh = await make_db(url=server.url, location="fresh")
     assert dumps(fresh) == dumps(a) == dumps(b)
+
+
+async def test_writes_awaiting_acks_when_the_server_restarts_end_at_the_reconnect(
+    own_server: NatsServer,
+) -> None:
+    """Publishes the old server never answered: once the client has reconnected their acks can
+    never come, so they end as ConnectionLost then (the engine retries them), not after the
+    whole ack timeout. A flush in progress during a restart used to stall for that timeout."""
+    server = own_server
+    pid = server.pid
+    assert pid is not None
+    nc = await connect(server.url)
+    store = NatsKVStore(nc, namespace="restart", timeout=30.0)
+    try:
+        bucket = await store.open_bucket("restart-acks", BucketConfig())
+        assert await bucket.write([WriteOp("a", b"1", expected_revision=0)]) == [1]
+        await freeze(pid)
+        started = time.monotonic()
+        task = asyncio.create_task(bucket.write([WriteOp(f"k{i}", b"x", msg_id=f"w{i}") for i in range(5)]))
+        await asyncio.sleep(0.2)  # sent, unanswered
+        os.kill(pid, signal.SIGKILL)  # our own server, frozen: it never stored them
+        await server.restart()
+        results = await asyncio.wait_for(task, 20)
+        took = time.monotonic() - started
+        assert all(isinstance(r, ConnectionLost) for r in results), results
+        assert took < 10, took  # the timeout is 30 s
+        # The retry (same ids) lands once the client is back.
+        retry = await bucket.write([WriteOp(f"k{i}", b"x", msg_id=f"w{i}") for i in range(5)])
+        assert all(isinstance(r, int) for r in retry), retry
+    finally:
+        await store.close()
+        await nc.close()
