@@ -65,7 +65,7 @@ async def test_shortcuts_engaged_on_shipped_nats_py(nats_client: Client, brainle
     # slow); this test makes that loud instead.
     await _exercise(nats_client, brainless_namespace)
     wire = _Wire.of(nats_client)
-    assert (wire.batch, wire.dispatch, wire.headers, wire.parser) == (True, True, True, True)
+    assert (wire.batch, wire.dispatch, wire.headers, wire.parser, wire.direct) == (True,) * 5
     assert nats_client.__dict__["_process_msg"] is not None
     assert "parse" in nats_client._ps.__dict__
 
@@ -97,6 +97,57 @@ async def test_other_users_of_the_client_unaffected(nats_client: Client, brainle
         in_msgs = nats_client.stats["in_msgs"]
         assert await bucket.write([WriteOp("b", b"2", expected_revision=0)]) == [2]
         assert nats_client.stats["in_msgs"] == in_msgs + 1  # the ack, counted as nats-py would
+    finally:
+        await store.close()
+
+
+class _FlushCounter:
+    """Counts how often a write kicks nats-py's flusher (instead of writing to the socket)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.calls = 0
+        original = nc._flush_pending
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+        nc.__dict__["_flush_pending"] = counted
+
+
+async def test_a_small_write_goes_straight_to_the_socket(
+    nats_client: Client, brainless_namespace: str
+) -> None:
+    store = NatsKVStore(nats_client, namespace=brainless_namespace)
+    try:
+        bucket = await store.open_bucket(f"{brainless_namespace}-direct", BucketConfig())
+        assert await bucket.write([WriteOp("a", b"1", expected_revision=0)]) == [1]  # subscribes
+        counter = _FlushCounter(nats_client)
+        assert await bucket.write([WriteOp("b", b"2", expected_revision=0, msg_id="w1")]) == [2]
+        assert counter.calls == 0
+        # Large: through the flusher and its back-pressure, and stored all the same.
+        big = [WriteOp(f"k{i}", b"x" * 1000, expected_revision=0, msg_id=f"b{i}") for i in range(100)]
+        assert await bucket.write(big) == list(range(3, 103))
+        assert counter.calls >= 1
+    finally:
+        await store.close()
+
+
+async def test_a_direct_write_follows_what_the_client_still_holds(
+    nats_client: Client, brainless_namespace: str
+) -> None:
+    """A command nats-py queued but has not written yet reaches the server before ours."""
+    store = NatsKVStore(nats_client, namespace=brainless_namespace)
+    try:
+        name = f"{brainless_namespace}-order"
+        bucket = await store.open_bucket(name, BucketConfig())
+        assert await bucket.write([WriteOp("a", b"1", expected_revision=0)]) == [1]  # subscribes
+        await nats_client._send_command(f"PUB $KV.{name}.first 5\r\nfirst\r\n".encode())
+        assert nats_client._pending  # queued, the flusher not kicked
+        assert await bucket.write([WriteOp("second", b"second", expected_revision=0)]) == [3]
+        assert not nats_client._pending
+        snap = await bucket.load()
+        assert sorted((e.revision, e.key) for e in snap.entries) == [(1, "a"), (2, "first"), (3, "second")]
     finally:
         await store.close()
 
