@@ -631,8 +631,8 @@ class Collection(Generic[D]):
                     continue
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
-                if self._resolve(op, doc, entry):
-                    out.written += 1
+                if self._resolve(op, doc, entry) and not doc._odm_dirty:
+                    out.written += 1  # stored after all; with edits left, their write counts it
 
     def _build_ops(
         self,

@@ -685,6 +685,25 @@ async def test_retry_of_a_landed_write_learns_it_landed_without_the_echo(nodes: 
     assert await a.flush() == 0
 
 
+async def test_probe_found_landed_by_its_conflict_counts_the_document_once(nodes: Nodes) -> None:
+    """Watch stopped, the held write landed, the document edited since: the probe is refused
+    (stale compare-and-set), the stored version is ours, then the edit is written. One document."""
+    a, _b, store = nodes
+    coll = a.collection(Ticket)
+    doc = Ticket.objects.using(a).add()
+    await a.flush()
+    await coll.stop_watch()
+    g = gate(a)
+    doc.state = "a"
+    await flush_given_up(a, g)
+    doc.note = "edited since"
+    assert await a.flush() == 1
+    assert not doc.is_dirty
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note) == ("a", "edited since")
+
+
 async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nodes) -> None:
     a, b, store = nodes
     coll = a.collection(Ticket)
