@@ -381,19 +381,23 @@ class Document(BaseModel, metaclass=DocumentMeta):
             self._odm_materialize()
         return super().__iter__()
 
-    def _odm_snapshot(self) -> Self:
+    def _odm_snapshot(self, values: dict[str, Any] | None = None) -> Self:
         """A detached copy of this document as it is now, for event callbacks' ``old``.
 
         Only the fields that can change in place are deep-copied (as plain lists/dicts/models);
         scalars are immutable and shared. ``model_copy(deep=True)`` deep-copies everything and
-        was most of the cost of applying a change when an ``on_change`` callback was registered."""
+        was most of the cost of applying a change when an ``on_change`` callback was registered.
+        ``values``: the copy's field values, already detached (taken as they are)."""
         cls = type(self)
         new = cls.__new__(cls)
-        d = dict(self.__dict__)
-        for name in cls.__odm__.tracked:
-            v = d[name]
-            if v is not None:
-                d[name] = plain_copy(v)
+        if values is None:
+            d = dict(self.__dict__)
+            for name in cls.__odm__.tracked:
+                v = d[name]
+                if v is not None:
+                    d[name] = plain_copy(v)
+        else:
+            d = values
         object.__setattr__(new, "__dict__", d)
         fields_set = self.__pydantic_fields_set__
         if type(fields_set) is not SharedFieldsSet:

@@ -1280,10 +1280,11 @@ class NatsBucket:
         """
         if not ops:
             return []
-        try:
-            await self._ensure_ack_sub()
-        except (ConnectionLost, ConnectionClosed) as e:
-            return [e] * len(ops)
+        if self._ack_sub is None:
+            try:
+                await self._ensure_ack_sub()
+            except (ConnectionLost, ConnectionClosed) as e:
+                return [e] * len(ops)
         nc = self._nc
         loop = asyncio.get_running_loop()
         rnd = _Round(ops)

@@ -223,6 +223,47 @@ async def test_events_fire_for_remote_changes_with_old_and_new(nodes: Nodes) -> 
     assert deletes == [remote]
 
 
+@pytest.mark.parametrize("field_listener", [False, True])
+async def test_the_old_document_of_a_remote_change_is_detached(nodes: Nodes, field_listener: bool) -> None:
+    """``old`` is built from containers nobody else holds (the replaced ones, the remote's equal
+    ones) when the document was never read: it must still be a copy of what the document was,
+    sharing nothing with the document, a field callback's ``old``, or a locally edited field."""
+    a, b, _ = nodes
+    changes: list[tuple[Call, Call]] = []
+    field_olds: list[Any] = []
+    on_b = Call.objects.using(b)
+    on_b.on_change(lambda old, new: changes.append((old, new)) if old is not None else None)
+    if field_listener:
+        on_b.on_field_change("tags", lambda d, f, o, n: field_olds.append(o))
+    doc, remote = await shared_doc(a, b, channel_id="d", tags=["t"], caller=Caller(number="1"))
+    remote.channel_id = "edited on b"  # protected on b until written
+    doc.tags = ["t", "u"]
+    doc.priority = 5
+    await a.flush()
+    await wait_for(lambda: changes, what="the change event")
+    ((old, new),) = changes
+    assert new is remote
+    assert (old.channel_id, old.priority, old.tags, old.caller) == (
+        "edited on b",
+        0,
+        ["t"],
+        Caller(number="1"),
+    )
+    assert (new.channel_id, new.priority, new.tags) == ("edited on b", 5, ["t", "u"])
+    assert old.tags is not new.tags
+    assert old.caller is not new.caller
+    if field_listener:
+        assert field_olds == [["t"]]
+        assert field_olds[0] is not old.tags
+    new.tags.append("v")
+    assert new.caller is not None
+    new.caller.city = "Brno"
+    assert (old.tags, old.caller) == (["t"], Caller(number="1"))
+    old.tags.append("x")
+    assert new.tags == ["t", "u", "v"]
+    assert remote.is_dirty
+
+
 async def test_local_changes_fire_only_with_local_true(nodes: Nodes) -> None:
     a, _, _ = nodes
     remote_only: list[Any] = []
