@@ -9,6 +9,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +80,9 @@ class Dataset(abc.ABC):
         """Cold-load the collection into a new node on ``nc_b``."""
 
     @abc.abstractmethod
-    async def propagation(self, reader: Reader, count: int) -> list[float]:
-        """Change ``count`` documents one at a time on node A and return, per change, the seconds
-        until ``reader`` (node B) saw it."""
+    def propagation(self, reader: Reader) -> AbstractAsyncContextManager[PropagationRun]:
+        """Set up node A and ``reader``'s (node B's) callback for changes made one at a time;
+        tear them down on exit. The runner interleaves the implementations' changes."""
 
     @abc.abstractmethod
     async def drop(self) -> None:
@@ -229,22 +230,25 @@ class Waiter:
             self._future.set_result(time.perf_counter())
 
 
-async def measure_propagation(
-    keys: Sequence[str], change: Callable[[int, str], Awaitable[Any] | None], waiter: Waiter
-) -> list[float]:
-    """For each key in turn: note the time, apply ``change(i, key)`` on node A, wait for node B's
-    callback (``waiter.seen``) to report it, and record the difference."""
-    latencies: list[float] = []
-    for i, key in enumerate(keys):
-        arrived = waiter.expect(key)
+@dataclass
+class PropagationRun:
+    """One implementation set up for the propagation workload: ``change(i, key)`` changes ``key``
+    on node A (awaitable or not) and node B's callback reports it to ``waiter``."""
+
+    keys: Sequence[str]
+    change: Callable[[int, str], Awaitable[Any] | None]
+    waiter: Waiter
+
+    async def one(self, i: int) -> float:
+        """Change the ``i``-th key (cycling) and return the seconds until node B saw it."""
+        key = self.keys[i % len(self.keys)]
+        arrived = self.waiter.expect(key)
         t0 = time.perf_counter()
-        pending = change(i, key)
+        pending = self.change(i, key)
         if pending is not None:
             await pending
         t1 = await asyncio.wait_for(arrived, PROPAGATION_TIMEOUT)
-        latencies.append(t1 - t0)
-    waiter.key = None
-    return latencies
+        return t1 - t0
 
 
 async def quiesce(timeout: float = 60.0, window: float = 0.05, quiet_windows: int = 2) -> bool:

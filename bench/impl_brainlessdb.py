@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -26,7 +26,7 @@ from brainlessdb import BrainlessBucket, BrainlessDB, BrainlessDBFeat, Brainless
 from msgspec import Meta
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from bench.common import Dataset, Implementation, Reader, Waiter, measure_propagation
+from bench.common import Dataset, Implementation, PropagationRun, Reader, Waiter
 from bench.data import Doc
 
 #: brainlessdb's own default; the write workload flushes explicitly anyway.
@@ -129,18 +129,19 @@ class BrainlessDataset(Dataset):
         db, coll = await self._node(self.impl.ctx.nc_b, FLUSH_INTERVAL)
         return BrainlessReader(db, coll)
 
-    async def propagation(self, reader: Reader, count: int) -> list[float]:
+    @contextlib.asynccontextmanager
+    async def propagation(self, reader: Reader) -> AsyncIterator[PropagationRun]:
         assert isinstance(reader, BrainlessReader)
         waiter = Waiter()
         reader.coll.on_change(lambda old, new: waiter.seen(str(new.uuid)))
         node_a, coll_a = await self._node(self.impl.ctx.nc_a, 0)
+
+        def change(i: int, key: str) -> None:
+            item = coll_a.get(key)
+            coll_a.add(msgspec.structs.replace(item, priority=(item.priority + 1) % 10))
+
         try:
-
-            def change(i: int, key: str) -> None:
-                item = coll_a.get(key)
-                coll_a.add(msgspec.structs.replace(item, priority=(item.priority + 1) % 10))
-
-            return await measure_propagation(self.keys[:count], change, waiter)
+            yield PropagationRun(self.keys, change, waiter)
         finally:
             await node_a.stop()
 

@@ -10,13 +10,13 @@ node A (``flush_interval=0``) and waits for node B's ``on_change``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, Field
 
-from bench.common import Dataset, Implementation, Reader, Waiter, measure_propagation
+from bench.common import Dataset, Implementation, PropagationRun, Reader, Waiter
 from bench.data import Doc
 from brainless_odm import Database, Document, Indexed, Manager, Unique
 
@@ -105,20 +105,26 @@ class OdmDataset(Dataset):
     async def open_reader(self) -> Reader:
         return OdmReader(await self._node(self.impl.ctx.nc_b, "node-b", FLUSH_INTERVAL))
 
-    async def propagation(self, reader: Reader, count: int) -> list[float]:
+    @contextlib.asynccontextmanager
+    async def propagation(self, reader: Reader) -> AsyncIterator[PropagationRun]:
         assert isinstance(reader, OdmReader)
         waiter = Waiter()
-        reader.objects.on_change(lambda old, new: waiter.seen(new.uuid or ""))
+
+        def seen(old: BenchItem | None, new: BenchItem) -> None:
+            waiter.seen(new.uuid or "")
+
+        reader.objects.on_change(seen)
         node_a = await self._node(self.impl.ctx.nc_a, "node-a", 0)
         objects_a = BenchItem.objects.using(node_a)
+
+        def change(i: int, key: str) -> None:
+            doc = objects_a[key]
+            doc.priority = (doc.priority + 1) % 10
+
         try:
-
-            def change(i: int, key: str) -> None:
-                doc = objects_a[key]
-                doc.priority = (doc.priority + 1) % 10
-
-            return await measure_propagation(self.keys[:count], change, waiter)
+            yield PropagationRun(self.keys, change, waiter)
         finally:
+            reader.objects.off(seen)
             await node_a.stop()
 
     async def drop(self) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import bisect
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from bench.common import Dataset, Implementation, Reader, Waiter, measure_propagation
+from bench.common import Dataset, Implementation, PropagationRun, Reader, Waiter
 from bench.data import Doc
 
 #: Publishes in flight at once. On a 2-core box 128 to 100k are within noise (~0.5 s for 20k docs).
@@ -188,7 +188,8 @@ class RawDataset(Dataset):
     async def open_reader(self) -> Reader:
         return RawReader(await self.load_docs())
 
-    async def propagation(self, reader: Reader, count: int) -> list[float]:
+    @contextlib.asynccontextmanager
+    async def propagation(self, reader: Reader) -> AsyncIterator[PropagationRun]:
         assert isinstance(reader, RawReader)
         js_a = self.nc_a.jetstream()
         js_b = self.nc_b.jetstream()
@@ -206,7 +207,6 @@ class RawDataset(Dataset):
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
         )
-        keys = self.keys[:count]
         docs = reader.docs
 
         async def change(i: int, key: str) -> None:
@@ -215,7 +215,7 @@ class RawDataset(Dataset):
             await kv.put(key, orjson.dumps(doc))
 
         try:
-            return await measure_propagation(keys, change, waiter)
+            yield PropagationRun(self.keys, change, waiter)
         finally:
             await sub.unsubscribe()
 

@@ -86,7 +86,13 @@ async def main(args: argparse.Namespace) -> None:
 
                 await _profile(f"query-{args.n}", queries, args)
             if "propagation" in args.workload:
-                await _profile(f"propagation-{args.n}", lambda: ds.propagation(reader, 300), args)
+                async with ds.propagation(reader) as run:
+
+                    async def changes() -> None:
+                        for i in range(300):
+                            await run.one(i)
+
+                    await _profile(f"propagation-{args.n}", changes, args)
             await reader.close()
         finally:
             await ds.drop()

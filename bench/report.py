@@ -347,7 +347,8 @@ is not timed); *… of which cyclic GC* = the time Python's garbage collector ra
 write or load (`gc.callbacks`); *load* = a new node reading
 all N; queries are the median over many calls with varying arguments (equality: ~N/50 hits;
 range: ~1 % of N; scan: ~12.5 % of N); *propagation* = one change at a time on node A
-(`flush_interval=0`) until node B's callback runs, after 10 warm-ups; *memory* = tracemalloc
+(`flush_interval=0`) until node B's callback runs, after 10 warm-ups, the implementations taking
+turns of 10 changes (each turn after a 2 ms pause and one uncounted change); *memory* = tracemalloc
 growth across one cold load, divided by N. Short workloads are repeated and the median is shown.
 Both nodes live in one process, so node A's handling of its own echo and of the ack shares the
 event loop with node B's receive: propagation is charged for it (brainlessdb too, raw has no

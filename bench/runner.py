@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -15,6 +16,7 @@ from bench.common import (
     GC_CLOCK,
     Dataset,
     Implementation,
+    PropagationRun,
     Reader,
     collect,
     guarded,
@@ -242,20 +244,77 @@ async def _measure_readers(live: Sequence[_Lane], n: int, plan: Plan, wants: set
                     lane.cell.metrics[f"{name}_us"] = median(times[lane.impl.name]) * 1e6
 
     if "propagation" in wants:
+        await _measure_propagation(live, n, plan)
 
-        async def propagation(lane: _Lane) -> None:
+
+#: Changes one implementation makes in a row before the next one takes its turn.
+PROPAGATION_BLOCK = 10
+
+
+async def _measure_propagation(live: Sequence[_Lane], n: int, plan: Plan) -> None:
+    """The implementations take turns, ``PROPAGATION_BLOCK`` changes each (who goes first
+    rotates), so a slow spell of this shared machine slows all of them alike, as the other
+    workloads' interleaved repetitions do, instead of whichever ran its whole series during it.
+    Each turn starts after a short pause (what the previous one left running, such as node A's
+    handling of its last ack, finishes) with one change that is not counted."""
+    runs: dict[str, PropagationRun] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for lane in live:
+            if lane.failed:
+                continue
             assert lane.ds is not None
             assert lane.reader is not None
-            await quiesce()
-            total = plan.propagation_warmup + plan.propagation_updates
-            latencies = await lane.ds.propagation(lane.reader, min(total, n))
-            measured = latencies[plan.propagation_warmup :]
-            m = lane.cell.metrics
-            m["prop_p50_ms"] = percentile(measured, 50) * 1e3
-            m["prop_p99_ms"] = percentile(measured, 99) * 1e3
-            m["prop_updates"] = len(measured)
+            try:
+                runs[lane.impl.name] = await stack.enter_async_context(lane.ds.propagation(lane.reader))
+            except Exception as exc:
+                lane.fail("propagation", exc)
+        await quiesce()
+        taking = [lane for lane in live if lane.impl.name in runs]
+        latencies: dict[str, list[float]] = {name: [] for name in runs}
+        made = dict.fromkeys(runs, 0)
+        wanted = plan.propagation_updates
+        turn = 0
 
-        await _step(live, "propagation", propagation)
+        async def change(lane: _Lane, count: bool) -> None:
+            name = lane.impl.name
+            seconds = await runs[name].one(made[name])
+            made[name] += 1
+            if count:
+                latencies[name].append(seconds)
+
+        # Warm-up: a first series per implementation, not counted.
+        for lane in taking:
+            for _ in range(plan.propagation_warmup):
+                await _guard(lane, change(lane, False))
+        while any(not lane.failed and len(latencies[lane.impl.name]) < wanted for lane in taking):
+            for lane in taking[turn:] + taking[:turn]:
+                if lane.failed or len(latencies[lane.impl.name]) >= wanted:
+                    continue
+                await asyncio.sleep(0.002)
+                await _guard(lane, change(lane, False))
+                for _ in range(min(PROPAGATION_BLOCK, wanted - len(latencies[lane.impl.name]))):
+                    await _guard(lane, change(lane, True))
+            turn = (turn + 1) % len(taking)
+    for lane in taking:
+        measured = latencies[lane.impl.name]
+        if lane.failed or not measured:
+            continue
+        m = lane.cell.metrics
+        m["prop_p50_ms"] = percentile(measured, 50) * 1e3
+        m["prop_p99_ms"] = percentile(measured, 99) * 1e3
+        m["prop_updates"] = len(measured)
+
+
+async def _guard(lane: _Lane, step: Awaitable[None]) -> None:
+    """Await one propagation step unless the lane already failed; a failure ends the lane."""
+    if lane.failed:
+        if asyncio.iscoroutine(step):
+            step.close()
+        return
+    try:
+        await step
+    except Exception as exc:
+        lane.fail("propagation", exc)
 
 
 async def run(
