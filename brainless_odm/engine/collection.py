@@ -135,7 +135,12 @@ class Collection(Generic[D]):
         self.class_listeners = listeners  # registered on Call.objects: every database
         self.listeners = Listeners()  # registered on Call.objects.using(db): this one
         self.pending: dict[str, None] = {}  # keys with changes to write, in change order
-        self.deletes: dict[str, None] = {}  # keys deleted here, delete not yet acknowledged
+        # Keys deleted here whose delete is not acknowledged yet: its write id once sent (a retry
+        # sends the same one, so a delete that did land is a duplicate and removes nothing again).
+        self.deletes: dict[str, str | None] = {}
+        # What the watch brought for a key in ``deletes`` meanwhile: applied if the delete turns
+        # out to have landed before it.
+        self.set_aside: dict[str, Entry] = {}
         self.base: dict[str, int] = {}  # CAS base for re-creating a key that has a delete marker
         self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
         self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
@@ -231,6 +236,7 @@ class Collection(Generic[D]):
         if key in self.deletes:
             # Re-added before its delete was written: the write becomes an overwrite.
             del self.deletes[key]
+            self.set_aside.pop(key, None)
         tracked = self.info.tracked
         self._attach(doc, key, 0, plain=bool(tracked) and exclusive(doc.__dict__, tracked))
         self._changed(key)
@@ -387,6 +393,9 @@ class Collection(Generic[D]):
         if entry.revision <= self.applied:
             return
         self.applied = entry.revision
+        self._apply_entry(entry)
+
+    def _apply_entry(self, entry: Entry) -> None:
         key = entry.key
         tomb = self.tombstones.get(key)
         if tomb is not None:
@@ -396,7 +405,13 @@ class Collection(Generic[D]):
             if entry.revision == tomb:
                 return  # the echo of our delete
         if key in self.deletes:
-            return  # our own delete is on its way and wins
+            # Our own delete is on its way and wins, unless it already landed, before this entry
+            # (its ack lost, another node then created the key again): see _settle.
+            if entry.operation is Operation.PUT:
+                self.set_aside[key] = entry
+            else:
+                self.set_aside.pop(key, None)
+            return
         doc = self.docs.get(key)
         if entry.operation is not Operation.PUT:
             # A document added here and not yet stored (_odm_rev 0) is not the one deleted: its
@@ -696,7 +711,10 @@ class Collection(Generic[D]):
     ) -> None:
         for key in keys:
             if key in self.deletes:
-                ops.append(WriteOp(key, None, None, self._write_id()))
+                delete_id = self.deletes[key]
+                if delete_id is None:
+                    delete_id = self.deletes[key] = self._write_id()
+                ops.append(WriteOp(key, None, None, delete_id))
                 docs.append(None)
                 fields.append(_NONE)
                 continue
@@ -772,7 +790,12 @@ class Collection(Generic[D]):
                 out.written += 1
                 if doc is None:
                     self.deletes.pop(key, None)
-                    if res > self.applied:  # else the watch has already passed it
+                    aside = self.set_aside.pop(key, None)
+                    if aside is not None and aside.revision > res:
+                        # A retry answered as a duplicate: the delete landed before this version,
+                        # which stays (another node's create after it).
+                        self._apply_entry(aside)
+                    elif res > self.applied:  # else the watch has already passed it
                         self.tombstones[key] = res
                     continue
                 # A retry of a write of unknown outcome (a shadow exists only for those) answered
@@ -816,6 +839,7 @@ class Collection(Generic[D]):
                     self.failed[key] = res
                 else:
                     self.deletes.pop(key, None)
+                    self.set_aside.pop(key, None)
                 out.failures.append((self.name, key, res))
         return conflicts
 

@@ -323,6 +323,40 @@ async def test_write_of_unknown_outcome_does_not_win_over_a_later_write_it_never
     assert dumps(fresh) == dumps(a) == dumps(b)
 
 
+async def test_a_delete_of_unknown_outcome_does_not_remove_a_later_recreate(
+    own_server: NatsServer, make_db: DbFactory
+) -> None:
+    """A's delete lands when the frozen server thaws, after A's flush gave up on it; B sees it and
+    creates the key again before A retries. The retry carries the same write id, so JetStream
+    answers it as a duplicate and B's document stays, on every node."""
+    server = own_server
+    pid = server.pid
+    assert pid is not None
+    a = await make_db(url=server.url, location="a", flush_interval=60)
+    b = await make_db(url=server.url, location="b", flush_interval=60)
+    doc = Call.objects.using(a).add(channel_id="first")
+    await a.flush()
+    key = doc.uuid
+    assert key is not None
+    await eventually(lambda: key in Call.objects.using(b), what="the document on B")
+    await doc.delete()
+    await freeze(pid)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a.flush(), 0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await eventually(lambda: key not in Call.objects.using(b), what="A's delete, landed after all, on B")
+    Call.objects.using(b).add(Call(uuid=key, channel_id="again"))
+    await b.flush()
+    await asyncio.wait_for(a.flush(), 10)
+    await eventually(lambda: key in Call.objects.using(a), what="B's create on A")
+    assert Call.objects.using(a)[key].channel_id == "again"
+    assert Call.objects.using(b)[key].channel_id == "again"
+    fresh = await make_db(url=server.url, location="fresh")
+    assert dumps(fresh) == dumps(a) == dumps(b)
+
+
 async def test_writes_awaiting_acks_when_the_server_restarts_end_at_the_reconnect(
     own_server: NatsServer,
 ) -> None:

@@ -724,6 +724,40 @@ async def test_cancelled_create_deleted_before_its_echo_stays_deleted(nodes: Nod
     await wait_for(lambda: key not in Ticket.objects.using(b), what="b to drop it")
 
 
+@pytest.mark.parametrize("watch", ["caught up", "behind"])
+async def test_a_delete_of_unknown_outcome_does_not_remove_a_later_recreate(nodes: Nodes, watch: str) -> None:
+    """a's delete landed but its ack was lost; b saw it and created the key again. a's retry is a
+    duplicate (same write id): b's document stays, and a ends up holding it too, whether a's watch
+    passed b's create while the delete was pending (and set it aside) or reaches it afterwards."""
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, state="first")
+    key = doc.uuid or ""
+    coll = a.collection(Ticket)
+    await coll.stop_watch()  # a sees neither the echo of its delete nor b's create yet
+    g = gate(a)
+    await doc.delete()
+    await flush_given_up(a, g)
+    assert stored(store, key) is None  # it landed; a does not know
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="b to see the delete")
+    Ticket.objects.using(b).add(Ticket(uuid=key, state="again"))
+    await b.flush()
+    if watch == "caught up":
+        coll.start_watch()
+        await settle()
+        assert key not in Ticket.objects.using(a)  # set aside: a's delete is still pending
+    await a.flush()
+    if watch == "behind":
+        coll.start_watch()
+    await settle()
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert ticket.state == "again"
+    await wait_for(lambda: key in Ticket.objects.using(a), timeout=1, what="a to hold b's create")
+    assert Ticket.objects.using(a)[key].state == "again"
+    assert not a.collection(Ticket).dirty_keys()
+    assert Ticket.objects.using(b)[key].state == "again"
+
+
 async def test_readd_after_a_cancelled_create_and_its_delete_is_stored(nodes: Nodes) -> None:
     a, _b, store = nodes
     g = gate(a)
