@@ -117,6 +117,11 @@ def test_every_error_class_has_an_anchor() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="the docs toolchain pip resolves on 3.10 (mkdocstrings 1.0.6, pymdown-extensions 12.3) "
+    "does not build; CI builds the docs on 3.11",
+)
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],

@@ -43,11 +43,14 @@ async def _exercise(nc: Client, namespace: str) -> None:
         assert dup == [2]  # same msg id: deduplicated, the original revision
         assert await bucket.write([WriteOp("k2", None, expected_revision=3, msg_id="d2")]) == [501]
         seen = []
-        async with asyncio.timeout(10):
+
+        async def read_to_the_delete() -> None:
             async for entry in watch:
                 seen.append(entry)
                 if entry.revision == 501:
                     break
+
+        await asyncio.wait_for(read_to_the_delete(), 10)  # asyncio.timeout needs 3.11
         await watch.aclose()
         # history=1: k2's put (revision 3) left the stream when its delete landed
         assert [e.revision for e in seen] == [r for r in range(1, 502) if r != 3]
