@@ -320,6 +320,10 @@ def cut_link(value: Any) -> None:
     t = type(value)
     if t is TrackedList or t is TrackedDict or t is TrackedSet:
         value._link.cut()
+    elif t is tuple:
+        # A tuple is not wrapped, its items are (see wrap): a model in it stays registered.
+        for item in value:
+            cut_link(item)
     elif t not in _SCALARS and _is_model_type(t):
         link = _MODEL_LINKS.get(id(value))
         if link is not None:

@@ -16,7 +16,7 @@ from helpers import DbFactory, wait_for
 
 from brainless_odm import Database, Document, DocumentConfig, FlushError, Indexed, MemoryStore, Registry
 from brainless_odm.engine.collection import _ROUND
-from brainless_odm.exceptions import ConnectionLost
+from brainless_odm.exceptions import ConnectionLost, StoreError
 from brainless_odm.store.base import Entry, WriteOp, WriteResult
 
 REG = Registry()
@@ -756,6 +756,85 @@ async def test_a_delete_of_unknown_outcome_does_not_remove_a_later_recreate(node
     assert Ticket.objects.using(a)[key].state == "again"
     assert not a.collection(Ticket).dirty_keys()
     assert Ticket.objects.using(b)[key].state == "again"
+
+
+async def landed_delete_then_recreated_elsewhere(
+    a: Database, b: Database, store: MemoryStore
+) -> tuple[str, Any]:
+    """a's delete lands with its ack lost; b re-creates the key; a's watch (caught up) sets it aside."""
+    doc, _remote = await shared(a, b, state="first")
+    key = doc.uuid or ""
+    coll = a.collection(Ticket)
+    g = gate(a)
+    await doc.delete()
+    await flush_given_up(a, g)
+    assert stored(store, key) is None
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="b to see the delete")
+    Ticket.objects.using(b).add(Ticket(uuid=key, state="again"))
+    await b.flush()
+    await settle()
+    assert key in coll.set_aside
+    assert key in coll.deletes
+    return key, coll
+
+
+async def test_readd_then_delete_of_a_set_aside_key_deletes_it_everywhere(nodes: Nodes) -> None:
+    """add() of the re-used uuid takes the set-aside version as the one it overwrites, so deleting
+    the re-added document sends a real delete (it is stored, as b's create), and every node drops it."""
+    a, b, store = nodes
+    key, coll = await landed_delete_then_recreated_elsewhere(a, b, store)
+    again = Ticket.objects.using(a).add(Ticket(uuid=key, state="mine"))
+    assert again._odm_rev  # rebased on b's create
+    await again.delete()
+    await a.flush()
+    await settle()
+    assert stored(store, key) is None
+    assert not coll.dirty_keys()
+    assert not coll.set_aside
+    assert key not in Ticket.objects.using(a)
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="b to drop it")
+
+
+class FailingDeletes:
+    """Deletes answered with a permanent StoreError (e.g. JetStream storage exceeded)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        return [
+            StoreError("insufficient resources") if op.value is None else (await self.inner.write([op]))[0]
+            for op in ops
+        ]
+
+
+async def test_a_retried_delete_failing_for_good_leaves_the_set_aside_create_in_place(nodes: Nodes) -> None:
+    a, b, store = nodes
+    key, coll = await landed_delete_then_recreated_elsewhere(a, b, store)
+    coll.bucket = FailingDeletes(coll.bucket)  # type: ignore[assignment]
+    with pytest.raises(FlushError):
+        await a.flush()
+    coll.bucket = coll.bucket.inner
+    await settle()
+    assert not coll.deletes
+    assert not coll.set_aside
+    assert stored(store, key) is not None
+    await wait_for(lambda: key in Ticket.objects.using(a), timeout=1, what="a to hold b's create")
+
+
+async def test_readd_of_a_set_aside_key_overwrites_the_create(nodes: Nodes) -> None:
+    a, b, store = nodes
+    key, _coll = await landed_delete_then_recreated_elsewhere(a, b, store)
+    again = Ticket.objects.using(a).add(Ticket(uuid=key, state="mine"))
+    await a.flush()
+    await settle()
+    assert stored(store, key).state == "mine"
+    await wait_for(lambda: Ticket.objects.using(b)[key].state == "mine", timeout=1)
+    assert Ticket.objects.using(a)[key] is again
+    assert not again.is_dirty
 
 
 async def test_readd_after_a_cancelled_create_and_its_delete_is_stored(nodes: Nodes) -> None:
