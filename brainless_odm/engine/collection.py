@@ -141,7 +141,9 @@ class Collection(Generic[D]):
         # What the watch brought for a key in ``deletes`` meanwhile: applied if the delete turns
         # out to have landed before it.
         self.set_aside: dict[str, Entry] = {}
-        self.base: dict[str, int] = {}  # CAS base for re-creating a key that has a delete marker
+        # CAS base for re-creating a key that has a delete marker; 0 for a key re-added before its
+        # delete was written (it may still hold a version: a delete of it must be written).
+        self.base: dict[str, int] = {}
         self.tombstones: dict[str, int] = {}  # our acknowledged deletes, until the watch passes them
         self.failed: dict[str, BaseException] = {}  # permanent write failures, until changed again
         self.unknown: dict[str, tuple[str, bytes]] = {}  # key -> (write id, value) of unknown outcome
@@ -235,9 +237,11 @@ class Collection(Generic[D]):
         _slot_inflight(doc, _NONE)
         aside = None
         if key in self.deletes:
-            # Re-added before its delete was written: the write becomes an overwrite.
+            # Re-added before its delete was written: the write becomes an overwrite. The key
+            # still holds the version that delete was for, so deleting this one must be written.
             del self.deletes[key]
             aside = self.set_aside.pop(key, None)
+            self.base.setdefault(key, 0)
         tracked = self.info.tracked
         self._attach(doc, key, 0, plain=bool(tracked) and exclusive(doc.__dict__, tracked))
         self._changed(key)

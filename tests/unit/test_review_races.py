@@ -304,6 +304,62 @@ async def test_readd_before_delete_is_written_overwrites(nodes: Nodes) -> None:
     assert (ticket.note, ticket.priority) == ("v2", 0)
 
 
+async def test_deleting_a_document_readded_before_its_delete_was_written_deletes_it(nodes: Nodes) -> None:
+    # Found by test_sync_model: the re-added document had never been written (revision 0), so
+    # deleting it sent nothing, and the version the first delete was for stayed everywhere else.
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, note="v1")
+    key = doc.uuid or ""
+    await doc.delete()
+    Ticket.objects.using(a).add(Ticket(uuid=key, note="v2"))
+    assert Ticket.objects.using(a).delete(key)
+    await a.flush()
+    assert stored(store, key) is None
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="the delete to reach b")
+
+
+class LostDeletes:
+    """The deletes of the first write never reach the store; answered as a lost connection (the
+    engine retries them)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        self.calls += 1
+        if self.calls > 1:
+            results: list[WriteResult] = await self.inner.write(ops)
+            return results
+        return [
+            ConnectionLost("no publish ack") if op.value is None else (await self.inner.write([op]))[0]
+            for op in ops
+        ]
+
+
+async def test_deleting_a_document_readded_while_its_delete_was_lost_deletes_it(nodes: Nodes) -> None:
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, note="v1")
+    key = doc.uuid or ""
+    g = gate(a)
+    g.gate_writes = g.unapplied = True
+    await doc.delete()
+    flush_a = asyncio.create_task(a.flush())
+    await asyncio.wait_for(g.waiting.wait(), 2)  # the delete is on its way
+    Ticket.objects.using(a).add(Ticket(uuid=key, note="v2"))
+    assert Ticket.objects.using(a).delete(key)
+    g.inner = LostDeletes(g.inner)
+    g.gate_writes = False
+    g.release.set()  # ... and is lost: it never landed
+    await asyncio.wait_for(flush_a, 5)
+    await a.flush()
+    assert stored(store, key) is None
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="the delete to reach b")
+
+
 async def test_readd_while_delete_in_flight(nodes: Nodes) -> None:
     a, b, store = nodes
     doc, _remote = await shared(a, b, note="v1")
