@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -13,6 +15,9 @@ from sync_helpers import Call, DbFactory
 
 from brainless_odm import Database, Document
 from brainless_odm.store.nats import connect
+
+# The random-program machinery of the unit tests (tests/unit/sync_model.py), run here on NATS.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "unit"))
 
 
 @pytest.fixture
