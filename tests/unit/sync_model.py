@@ -1,26 +1,30 @@
 """Random programs of three nodes, checked against the history the bucket stored (the machinery
 of ``test_sync_model.py``, on a ``MemoryStore``, and of ``tests/integration/test_sync_model_nats.py``).
 
-Three ``Database`` objects share one ``MemoryStore``. Hypothesis draws a program of steps: adds (from
-a small pool of explicit uuids, so nodes create the same key and re-create deleted ones), assignments,
-in-place list edits, deletes, flushes, restarts, a node's watch going deaf (what the bucket stores
-waits for it) and hearing again, in part or all at once. A flush can meet one fault: every ack lost
+Three ``Database`` objects share one store. Hypothesis draws a program of steps: adds (from a small
+pool of explicit uuids, so nodes create the same key and re-create deleted ones), assignments (one
+field is ``Unique``, which holds per node only), in-place list edits, deletes, flushes, restarts, and
+where the store allows it a node's watch going deaf (what the bucket stores waits for it) and hearing
+again, in part or all at once. A flush can meet one fault: every ack lost
 after the writes landed, before they reached the store, or after half of them landed; the flush
 cancelled while its writes await their acks, landed or not; or the read that resolves a conflict lost.
 
 Every version the bucket stores is recorded, so what is checked is the history, not one outcome:
 
 * nothing is lost: a change a node made and then flushed (the flush returned) is in a stored version
-  newer than the one the change was made on, that changed that field to that value, unless the
-  document was deleted meanwhile;
+  newer than the one the change was made on, that changed that field to that value (or that is a
+  write of this node's sent again as it was, carrying that value), unless the document was deleted
+  meanwhile;
 * nothing is reverted: a version changes only the fields its ``_odm.ch`` names, the others are the
   previous version's (a create names them all). The one allowed exception is a write of unknown
   outcome sent again as it was (see ``Collection._build_ops``): it may land over a later version,
   and the version after it then writes every field it stored stale;
 * nothing is applied twice: a value assigned on a node is written by that node once (a retry of a
   write that had landed would undo what another node wrote in between);
+* between any two steps, each index answers what a scan answers, and a node that deleted a stored
+  document holds it again only once another node created it after that delete;
 * all converge: once every node has flushed and its watch caught up, every node holds exactly what
-  the bucket holds, and each index answers what a scan answers.
+  the bucket holds.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from pydantic import Field
 
-from brainless_odm import Database, Document, DocumentConfig, Indexed, Registry, UniqueViolation
+from brainless_odm import Database, Document, DocumentConfig, Indexed, Registry, Unique, UniqueViolation
 from brainless_odm.exceptions import ConnectionLost
 from brainless_odm.store.base import Entry, Operation, WriteOp, WriteResult
 
@@ -53,9 +57,12 @@ class Item(Base):
     b: str = ""
     n: Annotated[int, Indexed()] = 0
     tags: list[str] = Field(default_factory=list)
+    # Unique per node only (docs/documents.md): two nodes can take one value at once, and each then
+    # holds both documents; its index must keep both.
+    u: Annotated[str | None, Unique()] = None
 
 
-FIELDS = ("a", "b", "n", "tags")
+FIELDS = ("a", "b", "n", "tags", "u")
 KEYS = ("k0", "k1", "k2")
 NODES = 3
 
@@ -165,6 +172,8 @@ class World:
     history: list[Entry] = field(default_factory=list)  # every version the bucket stored
     sent: dict[str, int] = field(default_factory=dict)  # write id -> times sent
     owed: list[dict[tuple[str, str], Owed]] = field(default_factory=list)
+    # node -> {key: the bucket's revision when the node deleted its stored document of that key}
+    deleted: list[dict[str, int]] = field(default_factory=lambda: [{} for _ in range(NODES)])
     # ("a" or "b", value) -> the location that assigned it: every assignment of those is unique
     origin: dict[tuple[str, Any], str] = field(default_factory=dict)
 
@@ -221,6 +230,7 @@ values = {
     "b": st.sampled_from(["", "x", "y", "z"]),
     "n": st.integers(0, 2),
     "tags": st.lists(st.sampled_from(["p", "q"]), max_size=2),
+    "u": st.sampled_from([None, "u0", "u1"]),
 }
 ARGS: dict[str, Any] = {
     "add": st.tuples(node_ids, keys, st.integers(0, 3)),
@@ -266,6 +276,7 @@ async def run_step(world: World, step: tuple[Any, ...]) -> None:
         with contextlib.suppress(UniqueViolation):
             doc = objects.add(uuid=step[2], a=step[3], b="new", n=step[3] % 3)
             world.owed[node] = {k: o for k, o in world.owed[node].items() if k[0] != step[2]}
+            world.deleted[node].pop(step[2], None)
             for name in FIELDS:
                 owe(world, node, doc, name)
     elif kind == "set":
@@ -275,7 +286,10 @@ async def run_step(world: World, step: tuple[Any, ...]) -> None:
             if name in ("a", "b"):  # a value no other assignment makes, to follow it
                 value = 100 + len(world.origin) if name == "a" else f"v{len(world.origin)}"
                 world.origin[(name, value)] = f"n{node}"
-            setattr(doc, name, value)
+            try:
+                setattr(doc, name, value)
+            except UniqueViolation:
+                return  # another document here holds it: nothing changed
             owe(world, node, doc, name)
     elif kind == "append":
         doc = world.pick(node, step[2])
@@ -285,6 +299,8 @@ async def run_step(world: World, step: tuple[Any, ...]) -> None:
     elif kind == "delete":
         doc = world.pick(node, step[2])
         if doc is not None:
+            if doc._odm_rev:  # a stored version: the delete must be stored too
+                world.deleted[node][doc.uuid or ""] = await world.backend.last_revision()
             objects.delete(doc)
     elif kind == "flush":
         await flush(world, node, step[2])
@@ -320,6 +336,30 @@ async def flush(world: World, node: int, fault: str) -> None:
 
 
 # -- the checks -------------------------------------------------------------------------------------
+async def check_step(world: World) -> None:
+    """What holds between any two steps: each index answers what a scan answers, and a node that
+    deleted a stored document holds it again only once another node created it after that delete
+    (not because a version older than the delete reached it late)."""
+    held = [{d.uuid for d in world.objects(i)} for i in range(NODES)]
+    await world.caught_up()  # the history has every version a node can have applied
+    for i in range(NODES):
+        objects = world.objects(i)
+        for n in range(3):
+            hits = {d.uuid for d in await objects.filter(n=n)}
+            assert hits == {d.uuid for d in objects if d.n == n}, f"node {i}: index n={n}"
+        for u in ("u0", "u1"):
+            hits = {d.uuid for d in await objects.filter(u=u)}
+            assert hits == {d.uuid for d in objects if d.u == u}, f"node {i}: unique index u={u}"
+        for key, when in world.deleted[i].items():
+            if key not in held[i]:
+                continue
+            since = [e for e in world.history if e.key == key and e.revision > when]
+            marker = next((e.revision for e in since if e.operation is not Operation.PUT), None)
+            what = f"node {i} holds {key} again after deleting it (since: {[e.revision for e in since]})"
+            assert marker is not None, what
+            assert any(e.revision > marker and e.operation is Operation.PUT for e in since), what
+
+
 def stored_fields(value: bytes) -> tuple[dict[str, Any], set[str], str, str]:
     """A stored version: its fields, the ones it changed, its write id and its writer."""
     data = orjson.loads(value)
@@ -337,8 +377,12 @@ async def check_owed(world: World, node: int, docs: dict[str, Item] | None = Non
         found = False
         for e in world.history:
             if e.key == key and e.revision > owed.after and e.operation is Operation.PUT:
-                data, ch, _, _ = stored_fields(e.value)
-                if name in ch and data[name] == owed.value:
+                data, ch, write_id, loc = stored_fields(e.value)
+                # Nodes take a version's whole value (``ch`` only says what its writer changed),
+                # so a write of this node's sent again as it was (a probe) also stores the change
+                # when it carries the same value.
+                probe = loc == f"n{node}" and world.sent.get(write_id, 0) >= 2
+                if (name in ch or probe) and data[name] == owed.value:
                     found = True
                     break
         assert found, f"node {node}: {key}.{name} = {owed.value!r} was flushed but never stored"
@@ -414,17 +458,14 @@ async def run_program(world: World, program: list[tuple[Any, ...]]) -> None:
         await world.backend.ready(world)
         for step in program:
             await run_step(world, step)
+            await check_step(world)
         await converge(world)
         event(f"versions stored: {min(len(world.history) // 5 * 5, 40)}+")
         for i in range(NODES):
             await check_owed(world, i)
         check_history(world)
         check_converged(world)
-        for i in range(NODES):
-            objects = world.objects(i)
-            for n in range(3):
-                hits = {d.uuid for d in await objects.filter(n=n)}
-                assert hits == {d.uuid for d in objects if d.n == n}, f"node {i}: index n={n}"
+        await check_step(world)
     finally:
         for db in world.nodes:
             await db.stop()

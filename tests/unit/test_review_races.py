@@ -8,7 +8,7 @@ their results back only when the test opens the gate (a slow ack / slow read on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import pytest
@@ -161,6 +161,47 @@ async def test_conflict_resolved_after_remote_delete_leaves_no_index_entry(nodes
     assert key not in coll.docs
     # Expected: no index entry for a document a no longer holds. Actual: team index maps t1 -> key.
     assert tuple(coll.indexes["team"].holders("t1")) == ()
+
+
+class SlowWatch:
+    """A bucket whose watch hands each entry over only once ``flowing`` is set (a watch behind)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.flowing = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def watch(self, after: int) -> AsyncIterator[Entry]:
+        async for entry in self.inner.watch(after):
+            await self.flowing.wait()
+            yield entry
+
+
+async def test_a_version_older_than_our_acknowledged_delete_does_not_bring_it_back(nodes: Nodes) -> None:
+    # The tombstone check, which no other test (test_sync_model included) failed without.
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    key = doc.uuid or ""
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    slow = SlowWatch(coll.bucket)
+    coll.bucket = slow  # type: ignore[assignment]
+    coll.start_watch()
+    await settle()
+    remote.note = "b"
+    await b.flush()  # r2: a's watch has it, not handed over yet
+    await doc.delete()
+    await a.flush()  # r3: a's delete, acknowledged before its watch hands r2 over
+    seen: list[Any] = []
+    Ticket.objects.using(a).on_change(lambda old, new: seen.append(new.uuid))
+    slow.flowing.set()
+    await settle()
+    assert key not in coll.docs
+    assert seen == []  # not even for a moment
+    assert stored(store, key) is None
+    await wait_for(lambda: key not in Ticket.objects.using(b), what="b to apply the delete")
 
 
 async def test_unflushed_add_of_same_uuid_is_not_overwritten_by_watch(nodes: Nodes) -> None:
@@ -667,6 +708,37 @@ async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(
     assert ticket is not None
     assert (ticket.state, ticket.note) == ("a", "b")
     await wait_for(lambda: (remote.state, remote.note) == ("a", "b"), what="b to converge")
+    assert not doc.is_dirty
+
+
+async def test_probe_landing_now_stores_an_edit_equal_to_its_stale_value(nodes: Nodes) -> None:
+    """As above, but a's note is then edited back to the value the held write's bytes carry
+    (a case test_sync_model met): the probe stores it, and every node takes the probe's whole
+    value, so nothing is left to write."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b, note="old")
+    coll = a.collection(Ticket)
+    g = gate(a)
+    g.gate_writes = g.unapplied = True
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = g.unapplied = False
+    g.release.set()
+    await settle()
+    assert coll.unknown
+    remote.note = "b"
+    await b.flush()
+    await wait_for(lambda: doc.note == "b", what="a to merge b's note")
+    doc.note = "old"  # the value the held write's bytes carry
+    await a.flush()
+    await settle()
+    await a.flush()
+    await settle()
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note) == ("a", "old")
+    await wait_for(lambda: (remote.state, remote.note) == ("a", "old"), what="b to take a's note")
     assert not doc.is_dirty
 
 
