@@ -283,6 +283,8 @@ class Collection(Generic[D]):
         if name in self.info.tracked:
             doc._odm_track(name, old)
         mark_dirty(doc, (name,))
+        if self.restoring:
+            self._edited_while_restoring(key, name)
         self._changed(key)
         self._fire_field(doc, name, old, new, True)
         if before is not None:
@@ -303,6 +305,8 @@ class Collection(Generic[D]):
         key = doc.uuid
         assert key is not None
         mark_dirty(doc, (name,))
+        if self.restoring:
+            self._edited_while_restoring(key, name)
         self._changed(key)
         if before is not None:
             old_value, old_doc = before
@@ -310,6 +314,14 @@ class Collection(Generic[D]):
                 self._fire_field(doc, name, old_value, doc.__dict__[name], True)
             if old_doc is not None:
                 self._fire_change(old_doc, doc, True)
+
+    def _edited_while_restoring(self, key: str, name: str) -> None:
+        """``name`` was edited here after an unreadable version of ``key`` arrived: no longer a
+        field dirty only to restore the last good version (see ``_apply_entry``), so it is kept
+        if another node's restore lands first."""
+        restore_only = self.restoring.get(key)
+        if restore_only is not None and name in restore_only:
+            self.restoring[key] = restore_only - {name}
 
     def _changed(self, key: str) -> None:
         self.pending[key] = None
@@ -456,6 +468,11 @@ class Collection(Generic[D]):
                 # marked only for that are remembered: if another node's restore (or any readable
                 # version) lands first, they are not real edits and must not overwrite it.
                 edited = doc._odm_dirty | doc._odm_inflight
+                if doc._odm_rev == 0 and not doc._odm_inflight:
+                    # Added here and not written yet: every field is an edit of this node's (its
+                    # create), to be written over the unreadable version, not a mere restore.
+                    mark_dirty(doc, self.info.data_fields)
+                    edited = doc._odm_dirty
                 restore_only = frozenset(f for f in self.info.data_fields if f not in edited)
                 _slot_rev(doc, entry.revision)
                 mark_dirty(doc, restore_only)
@@ -708,7 +725,7 @@ class Collection(Generic[D]):
                     continue
                 if self.docs.get(op.key) is not doc:
                     continue  # deleted (or replaced) while we were asking: nothing to rebase
-                if self._resolve(op, doc, entry) and not doc._odm_dirty:
+                if self._resolve(op, doc, entry, out) and not doc._odm_dirty:
                     out.written += 1  # stored after all; with edits left, their write counts it
 
     def _build_ops(
@@ -894,7 +911,7 @@ class Collection(Generic[D]):
         _slot_inflight(doc, _NONE)
         self.pending[key] = None
 
-    def _resolve(self, op: WriteOp, doc: D, entry: Entry | None) -> bool:
+    def _resolve(self, op: WriteOp, doc: D, entry: Entry | None, out: FlushOutcome) -> bool:
         """After a CAS conflict: rebase ``doc`` on the latest stored version of its key. True if
         that version is our own write of unknown outcome (it landed: nothing is left to write)."""
         key = op.key
@@ -923,6 +940,12 @@ class Collection(Generic[D]):
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception:
+            if entry.revision > self.applied:
+                # Unreadable, and the watch has not reached it: what came before it (a change
+                # or a delete this node has not seen) decides what goes back over it. The watch
+                # brings it (see _apply_entry); the write is retried after that.
+                out.transient = True
+                return False
             _slot_rev(doc, entry.revision)  # unreadable there: our version replaces it
             return False
         if key in self.unknown:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from sync_model import NODES, STEPS, Ears, Item, World, run_program, steps
+from sync_model import NODES, POISON, STEPS, Ears, Item, World, run_program, steps
 
 from brainless_odm import Database
 from brainless_odm.store.base import Entry, Operation
@@ -72,6 +72,9 @@ class NatsBackend:
     async def last_revision(self) -> int:
         info = await self.clients[NODES].jetstream().stream_info(self.stream)
         return int(info.state.last_seq)
+
+    async def poison(self, key: str) -> None:
+        await self.clients[NODES].jetstream().publish(f"$KV.{self.bucket}.{key}", POISON)
 
     async def close(self) -> None:
         if self.recorder is not None:

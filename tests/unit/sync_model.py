@@ -162,6 +162,9 @@ class Backend(Protocol):
     async def last_revision(self) -> int:
         """The bucket's last revision."""
 
+    async def poison(self, key: str) -> None:
+        """Store bytes under ``key`` that no node can decode (an operator's mistake, a bad client)."""
+
 
 @dataclass
 class World:
@@ -176,6 +179,9 @@ class World:
     deleted: list[dict[str, int]] = field(default_factory=lambda: [{} for _ in range(NODES)])
     # ("a" or "b", value) -> the location that assigned it: every assignment of those is unique
     origin: dict[tuple[str, Any], str] = field(default_factory=dict)
+
+    def latest(self, key: str) -> Entry | None:
+        return next((e for e in reversed(self.history) if e.key == key), None)
 
     @property
     def revision(self) -> int:
@@ -244,9 +250,16 @@ ARGS: dict[str, Any] = {
     "deaf": st.tuples(node_ids),
     "hear": st.tuples(node_ids, st.none() | st.integers(1, 3)),
     "restart": st.tuples(node_ids),
+    "poison": st.tuples(keys),
 }
 #: Weighted by repetition: mostly edits and flushes, so that programs store many versions.
-KINDS = ["add"] * 3 + ["set"] * 6 + ["append", "delete"] + ["flush"] * 6 + ["pump", "deaf", "hear", "restart"]
+KINDS = ["add"] * 3 + ["set"] * 6 + ["append", "delete"] + ["flush"] * 6
+KINDS += ["pump", "deaf", "hear", "restart"]
+#: ``MODEL_POISON=1``: programs also write unreadable bytes under keys. Off by default: with it, long
+#: hunts still find histories the checks reject (docs/sync.md, "How the guarantees are tested"); the
+#: cases understood so far are fixed, each with its test in test_review_races.py / test_sync_memory.py.
+if os.environ.get("MODEL_POISON") == "1":
+    KINDS += ["poison"]
 steps = st.sampled_from(KINDS).flatmap(lambda kind: ARGS[kind].map(lambda args: (kind, *args)))
 
 
@@ -258,6 +271,9 @@ def owe(world: World, node: int, doc: Item, name: str) -> None:
 
 async def run_step(world: World, step: tuple[Any, ...]) -> None:
     kind = step[0]
+    if kind == "poison":
+        await world.backend.poison(step[1])
+        return
     if kind == "pump":
         for _ in range(step[1]):
             await asyncio.sleep(0)
@@ -306,9 +322,24 @@ async def run_step(world: World, step: tuple[Any, ...]) -> None:
         await flush(world, node, step[2])
     elif kind == "restart":
         docs = world.nodes[node].collection(Item).docs  # what it held when it stopped
-        await world.nodes[node].stop()  # flushes everything first
+        stop = asyncio.ensure_future(world.nodes[node].stop())  # flushes everything first
+        await patiently(world, node, stop)
+        stop.result()
         await check_owed(world, node, docs)
         await start_node(world, node)
+
+
+async def patiently(world: World, node: int, *waiting: asyncio.Future[Any]) -> None:
+    """Until one of ``waiting`` is done. A deaf watch is a slow one, not a dead one: a flush may
+    wait for it (to resolve a conflict with a version it has not reached), so after a while it
+    hears everything."""
+    done, _ = await asyncio.wait(waiting, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+    if not done:
+        ears = world.ears[node]
+        if ears is not None:
+            ears.deaf = False
+            ears.hear()
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def flush(world: World, node: int, fault: str) -> None:
@@ -316,14 +347,16 @@ async def flush(world: World, node: int, fault: str) -> None:
     faulty = world.faulty[node]
     faulty.fault = fault
     if not fault.startswith("cancel"):
-        await db.flush()
+        task = asyncio.ensure_future(db.flush())
+        await patiently(world, node, task)
+        task.result()
         faulty.fault = "none"
         await check_owed(world, node)
         return
     faulty.holding.clear()
     task = asyncio.ensure_future(db.flush())
     holding = asyncio.ensure_future(faulty.holding.wait())
-    await asyncio.wait([task, holding], return_when=asyncio.FIRST_COMPLETED)
+    await patiently(world, node, task, holding)
     holding.cancel()
     faulty.fault = "none"
     if task.done():
@@ -360,6 +393,14 @@ async def check_step(world: World) -> None:
             assert any(e.revision > marker and e.operation is Operation.PUT for e in since), what
 
 
+#: What ``poison`` stores: not JSON, so no node can decode it (they restore the last good version).
+POISON = b"not json {"
+
+
+def readable(e: Entry) -> bool:
+    return e.operation is Operation.PUT and e.value != POISON
+
+
 def stored_fields(value: bytes) -> tuple[dict[str, Any], set[str], str, str]:
     """A stored version: its fields, the ones it changed, its write id and its writer."""
     data = orjson.loads(value)
@@ -376,7 +417,7 @@ async def check_owed(world: World, node: int, docs: dict[str, Item] | None = Non
             continue  # deleted since (here or elsewhere): its changes went with it
         found = False
         for e in world.history:
-            if e.key == key and e.revision > owed.after and e.operation is Operation.PUT:
+            if e.key == key and e.revision > owed.after and readable(e):
                 data, ch, write_id, loc = stored_fields(e.value)
                 # Nodes take a version's whole value (``ch`` only says what its writer changed),
                 # so a write of this node's sent again as it was (a probe) also stores the change
@@ -392,14 +433,21 @@ async def check_owed(world: World, node: int, docs: dict[str, Item] | None = Non
 def check_history(world: World) -> None:
     previous: dict[str, dict[str, Any] | None] = {}
     applied: set[tuple[str, Any]] = set()
+    poisoned: set[str] = set()
     for e in world.history:
         if e.operation is not Operation.PUT:
             previous[e.key] = None
+            poisoned.discard(e.key)
             continue
+        if not readable(e):
+            poisoned.add(e.key)
+            continue  # what follows is measured against the last good version
         data, ch, write_id, loc = stored_fields(e.value)
+        restore = e.key in poisoned  # the last good version written back over the poisoned one
+        poisoned.discard(e.key)
         for name in ("a", "b"):
             made = (name, data[name])
-            if name in ch and world.origin.get(made) == loc:
+            if name in ch and world.origin.get(made) == loc and not restore:
                 # Written again by the node that made it: a retry of a write that had landed,
                 # which would undo whatever another node wrote to the field in between.
                 assert made not in applied, f"revision {e.revision}: {loc} wrote {made} a second time"
@@ -441,7 +489,9 @@ def check_converged(world: World) -> None:
     live: dict[str, dict[str, Any]] = {}
     for e in world.history:
         if e.operation is Operation.PUT:
-            live[e.key] = stored_fields(e.value)[0]
+            assert readable(e) or e is not world.latest(e.key), f"{e.key} is left poisoned"
+            if readable(e):
+                live[e.key] = stored_fields(e.value)[0]
         else:
             live.pop(e.key, None)
     for i in range(NODES):
@@ -457,9 +507,10 @@ async def run_program(world: World, program: list[tuple[Any, ...]]) -> None:
             await start_node(world, i)
         await world.backend.ready(world)
         for step in program:
-            await run_step(world, step)
+            # A step that hangs is a failure Hypothesis can shrink, not a test run that times out.
+            await asyncio.wait_for(run_step(world, step), 10)
             await check_step(world)
-        await converge(world)
+        await asyncio.wait_for(converge(world), 30)
         event(f"versions stored: {min(len(world.history) // 5 * 5, 40)}+")
         for i in range(NODES):
             await check_owed(world, i)

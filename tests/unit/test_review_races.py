@@ -204,6 +204,35 @@ async def test_a_version_older_than_our_acknowledged_delete_does_not_bring_it_ba
     await wait_for(lambda: key not in Ticket.objects.using(b), what="b to apply the delete")
 
 
+async def test_a_conflict_with_an_unreadable_version_waits_for_the_watch_to_reach_it(nodes: Nodes) -> None:
+    # Found by test_sync_model: b's write conflicted with an unreadable version its watch had not
+    # reached, and b wrote its stale document back over it, bringing back what a had deleted
+    # before the unreadable version landed. b must first learn what came before it.
+    a, b, store = nodes
+    doc, remote = await shared(a, b, note="v1")
+    key = doc.uuid or ""
+    coll = b.collection(Ticket)
+    await coll.stop_watch()
+    slow = SlowWatch(coll.bucket)
+    coll.bucket = slow  # type: ignore[assignment]
+    coll.start_watch()
+    await settle()
+    await doc.delete()
+    await a.flush()  # r2: the delete, which b's watch has not handed over
+    await a.collection(Ticket).stop_watch()  # (else a moves r3 aside and deletes the key itself)
+    await store.bucket("test-ticket").put_raw(key, b"not json")  # r3
+    remote.note = "b's edit"
+    flush_b = asyncio.create_task(b.flush())  # conflict: the latest is r3, unreadable
+    await asyncio.sleep(0.1)
+    assert not flush_b.done()  # it waits for its watch
+    slow.flowing.set()  # r2, then r3
+    await asyncio.wait_for(flush_b, 5)
+    await settle()
+    assert key not in Ticket.objects.using(b)  # the delete won
+    assert key not in Ticket.objects.using(a)
+    assert stored(store, key) is None
+
+
 async def test_unflushed_add_of_same_uuid_is_not_overwritten_by_watch(nodes: Nodes) -> None:
     a, b, store = nodes
     mine = Ticket.objects.using(a).add(Ticket(uuid="same-key", note="from a", priority=1))
@@ -477,6 +506,49 @@ async def test_poison_entry_restore_does_not_erase_acknowledged_edit(nodes: Node
     assert (ticket.note, ticket.priority) == ("good", 5)
     assert key in Ticket.objects.using(b)
     assert [d.key for d in await a.dead_letters()] == [key]
+
+
+async def test_an_unwritten_add_meeting_an_unreadable_version_of_its_key_is_still_written(
+    nodes: Nodes,
+) -> None:
+    # Found by test_sync_model: both nodes add the same uuid, then something unreadable lands under
+    # it before either wrote. a's add was taken for a mere restore of the last good version (it has
+    # no edited fields: a create is not field by field), so b's landing first discarded it.
+    a, b, store = nodes
+    Ticket.objects.using(b).add(Ticket(uuid="same", note="from b"))
+    mine = Ticket.objects.using(a).add(Ticket(uuid="same", note="from a", priority=7))
+    await store.bucket("test-ticket").put_raw("same", b"not json")
+    await settle()
+    await b.flush()  # b's create, over the unreadable version
+    await settle()
+    await a.flush()  # a's create is the later write: it wins, as without the unreadable version
+    await settle()
+    ticket = stored(store, "same")
+    assert ticket is not None
+    assert (ticket.note, ticket.priority) == ("from a", 7)
+    assert Ticket.objects.using(a)["same"] is mine
+    await wait_for(lambda: Ticket.objects.using(b)["same"].note == "from a", what="b to take a's create")
+
+
+async def test_an_edit_made_after_an_unreadable_version_arrived_survives_another_restore(
+    nodes: Nodes,
+) -> None:
+    # Found by test_sync_model: every field of a's document was marked to restore the last good
+    # version; an edit made after that stayed "restore only", so b's restore landing first undid it.
+    # (test_sync_memory has the same for an in-place edit.)
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, note="good")
+    await store.bucket("test-ticket").put_raw(doc.uuid or "", b"not json")
+    await settle()  # both nodes mark the last good version to be written back
+    doc.note = "edited after"
+    await b.flush()  # b's restore lands first
+    await settle()
+    await a.flush()  # a's edit is rebased on it, and written
+    await settle()
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert ticket.note == "edited after"
+    await wait_for(lambda: Ticket.objects.using(b)[doc.uuid or ""].note == "edited after", what="b")
 
 
 async def test_watch_restart_resumes_after_applied(nodes: Nodes) -> None:

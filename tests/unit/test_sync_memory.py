@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
+import orjson
 import pytest
 from helpers import DbFactory, wait_for
 from pydantic import BaseModel, Field
@@ -174,6 +175,24 @@ async def test_a_remote_delete_wins_over_a_local_edit_flushed_after_it(nodes: No
     assert entry is not None
     assert entry.value == b""
     assert doc.uuid not in Call.objects.using(a)
+
+
+async def test_an_in_place_edit_after_an_unreadable_version_survives_another_restore(nodes: Nodes) -> None:
+    # The in-place twin of test_review_races' assignment case: an unreadable version marks every
+    # field of both nodes' documents to restore the last good one; a's edit made after that is an
+    # edit, and b's restore landing first must not undo it.
+    a, b, store = nodes
+    doc, remote = await shared_doc(a, b, tags=["t"])
+    await store.bucket("test-call").put_raw(doc.uuid or "", b"not json")
+    await wait_for(lambda: a.collection(Call).restoring and b.collection(Call).restoring, what="both")
+    doc.tags.append("edited after")
+    await b.flush()  # b's restore lands first
+    await wait_for(lambda: not a.collection(Call).restoring, what="a to rebase on b's restore")
+    await a.flush()
+    await wait_for(lambda: remote.tags == ["t", "edited after"], what="b to take a's edit")
+    entry = await store.bucket("test-call").get(doc.uuid or "")
+    assert entry is not None
+    assert orjson.loads(entry.value)["tags"] == ["t", "edited after"]
 
 
 async def test_a_fresh_database_loads_what_others_wrote(nodes: Nodes, make_db: DbFactory) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sync_model import STEPS, Ears, Item, World, run_program, steps
+from sync_model import POISON, STEPS, Ears, Item, World, run_program, steps
 
 from brainless_odm import Database, MemoryStore
 from brainless_odm.store.base import Entry, Operation
@@ -59,6 +59,9 @@ class MemoryBackend:
 
     async def last_revision(self) -> int:
         return self.store.bucket(BUCKET)._revision
+
+    async def poison(self, key: str) -> None:
+        await self.store.bucket(BUCKET).put_raw(key, POISON)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
