@@ -819,6 +819,10 @@ class Collection(Generic[D]):
                 out.written += 1
                 if doc is None:
                     self.deletes.pop(key, None)
+                    if key not in self.docs:
+                        # Stored: a document added under this key later is a new one (else its
+                        # delete before its first write would be sent, see delete()).
+                        self.base.pop(key, None)
                     aside = self.set_aside.pop(key, None)
                     if aside is not None and aside.revision > res:
                         # A retry answered as a duplicate: the delete landed before this version,

@@ -388,6 +388,27 @@ async def test_deleting_a_document_readded_before_its_delete_was_written_deletes
     await wait_for(lambda: key not in Ticket.objects.using(b), what="the delete to reach b")
 
 
+async def test_after_that_delete_an_unwritten_add_of_the_key_deleted_sends_nothing(nodes: Nodes) -> None:
+    # The mark the fix above leaves must go once the delete is stored: else a later add of the
+    # uuid, deleted before it was written, sent a delete too, and removed what b created meanwhile.
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, note="v1")
+    key = doc.uuid or ""
+    await doc.delete()
+    Ticket.objects.using(a).add(Ticket(uuid=key, note="v2"))
+    assert Ticket.objects.using(a).delete(key)
+    await a.flush()  # the delete, stored
+    await a.collection(Ticket).stop_watch()  # a does not see what b does next
+    Ticket.objects.using(b).add(Ticket(uuid=key, note="b's"))
+    await b.flush()
+    Ticket.objects.using(a).add(Ticket(uuid=key, note="v3"))
+    assert Ticket.objects.using(a).delete(key)  # never written: nothing to delete
+    await a.flush()
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert ticket.note == "b's"
+
+
 class LostDeletes:
     """The deletes of the first write never reach the store; answered as a lost connection (the
     engine retries them)."""
