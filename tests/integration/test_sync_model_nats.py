@@ -31,8 +31,6 @@ _OPERATIONS = {"DEL": Operation.DELETE, "PURGE": Operation.PURGE}
 
 
 class NatsBackend:
-    can_deafen = False
-
     def __init__(self, clients: list[Client], namespace: str) -> None:
         self.clients = clients
         self.namespace = namespace

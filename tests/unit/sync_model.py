@@ -146,9 +146,6 @@ class Owed:
 class Backend(Protocol):
     """Where the nodes run: a ``MemoryStore`` or a real nats-server."""
 
-    #: Whether a node's watch can be made deaf (``Ears``); where not, ``deaf``/``hear`` do nothing.
-    can_deafen: bool
-
     def database(self, node: int) -> Database:
         """A new, unstarted ``Database`` of ``Item`` for ``node``, with location ``n<node>``."""
 

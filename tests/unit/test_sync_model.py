@@ -20,8 +20,6 @@ BUCKET = "model-item"
 
 
 class MemoryBackend:
-    can_deafen = True
-
     def __init__(self) -> None:
         self.store = MemoryStore()
 
