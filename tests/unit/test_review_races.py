@@ -72,7 +72,7 @@ class Gated:
 def gate(db: Database, cls: type[Document] = Ticket) -> Gated:
     coll = db.collection(cls)
     g = Gated(coll.bucket)
-    coll.bucket = g  # type: ignore[assignment]
+    coll.bucket = g
     return g
 
 
@@ -179,17 +179,23 @@ class SlowWatch:
             yield entry
 
 
+async def slow_watch(coll: Any) -> SlowWatch:
+    """Restart ``coll``'s watch on a SlowWatch: it hands nothing over until ``flowing`` is set."""
+    await coll.stop_watch()
+    slow = SlowWatch(coll.bucket)
+    coll.bucket = slow
+    coll.start_watch()
+    await settle()
+    return slow
+
+
 async def test_a_version_older_than_our_acknowledged_delete_does_not_bring_it_back(nodes: Nodes) -> None:
     # The tombstone check, which no other test (test_sync_model included) failed without.
     a, b, store = nodes
     doc, remote = await shared(a, b)
     key = doc.uuid or ""
     coll = a.collection(Ticket)
-    await coll.stop_watch()
-    slow = SlowWatch(coll.bucket)
-    coll.bucket = slow  # type: ignore[assignment]
-    coll.start_watch()
-    await settle()
+    slow = await slow_watch(coll)
     remote.note = "b"
     await b.flush()  # r2: a's watch has it, not handed over yet
     await doc.delete()
@@ -212,11 +218,7 @@ async def test_a_conflict_with_an_unreadable_version_waits_for_the_watch_to_reac
     doc, remote = await shared(a, b, note="v1")
     key = doc.uuid or ""
     coll = b.collection(Ticket)
-    await coll.stop_watch()
-    slow = SlowWatch(coll.bucket)
-    coll.bucket = slow  # type: ignore[assignment]
-    coll.start_watch()
-    await settle()
+    slow = await slow_watch(coll)
     await doc.delete()
     await a.flush()  # r2: the delete, which b's watch has not handed over
     await a.collection(Ticket).stop_watch()  # (else a moves r3 aside and deletes the key itself)
@@ -774,13 +776,10 @@ async def test_probe_of_a_write_that_never_landed_then_writes_the_edits(nodes: N
     assert remote.state == "a"
 
 
-async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(nodes: Nodes) -> None:
-    """The held write (state) never reached the store; b changes another field (note) and a
-    merges it. The probe stores the held write's bytes now, with the old note: a writes its
-    note again over it, so b's change survives everywhere."""
-    a, b, store = nodes
-    doc, remote = await shared(a, b)
-    coll = a.collection(Ticket)
+async def held_write_then_remote_note(a: Database, b: Database, note: str) -> tuple[Ticket, Ticket]:
+    """a's write of state "a" never reaches the store and its outcome is unknown (the flush gave
+    up); then b changes the note to "b" and a merges it. The next flush of a probes."""
+    doc, remote = await shared(a, b, note=note)
     g = gate(a)
     g.gate_writes = g.unapplied = True
     doc.state = "a"
@@ -789,14 +788,27 @@ async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(
     g.gate_writes = g.unapplied = False
     g.release.set()
     await settle()
-    assert coll.unknown
+    assert a.collection(Ticket).unknown
     remote.note = "b"
     await b.flush()
     await wait_for(lambda: doc.note == "b", what="a to merge b's note")
-    await a.flush()
-    await settle()
-    await a.flush()
-    await settle()
+    return doc, remote
+
+
+async def flush_twice(db: Database) -> None:
+    """The probe, then the write of what is left after it."""
+    for _ in range(2):
+        await db.flush()
+        await settle()
+
+
+async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(nodes: Nodes) -> None:
+    """The held write (state) never reached the store; b changes another field (note) and a
+    merges it. The probe stores the held write's bytes now, with the old note: a writes its
+    note again over it, so b's change survives everywhere."""
+    a, b, store = nodes
+    doc, remote = await held_write_then_remote_note(a, b, "")
+    await flush_twice(a)
     ticket = stored(store, doc.uuid or "")
     assert ticket is not None
     assert (ticket.state, ticket.note) == ("a", "b")
@@ -809,25 +821,9 @@ async def test_probe_landing_now_stores_an_edit_equal_to_its_stale_value(nodes: 
     (a case test_sync_model met): the probe stores it, and every node takes the probe's whole
     value, so nothing is left to write."""
     a, b, store = nodes
-    doc, remote = await shared(a, b, note="old")
-    coll = a.collection(Ticket)
-    g = gate(a)
-    g.gate_writes = g.unapplied = True
-    doc.state = "a"
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.2)
-    g.gate_writes = g.unapplied = False
-    g.release.set()
-    await settle()
-    assert coll.unknown
-    remote.note = "b"
-    await b.flush()
-    await wait_for(lambda: doc.note == "b", what="a to merge b's note")
+    doc, remote = await held_write_then_remote_note(a, b, "old")
     doc.note = "old"  # the value the held write's bytes carry
-    await a.flush()
-    await settle()
-    await a.flush()
-    await settle()
+    await flush_twice(a)
     ticket = stored(store, doc.uuid or "")
     assert ticket is not None
     assert (ticket.state, ticket.note) == ("a", "old")
@@ -1035,7 +1031,7 @@ class FailingDeletes:
 async def test_a_retried_delete_failing_for_good_leaves_the_set_aside_create_in_place(nodes: Nodes) -> None:
     a, b, store = nodes
     key, coll = await landed_delete_then_recreated_elsewhere(a, b, store)
-    coll.bucket = FailingDeletes(coll.bucket)  # type: ignore[assignment]
+    coll.bucket = FailingDeletes(coll.bucket)
     with pytest.raises(FlushError):
         await a.flush()
     coll.bucket = coll.bucket.inner
@@ -1052,7 +1048,9 @@ async def test_readd_of_a_set_aside_key_overwrites_the_create(nodes: Nodes) -> N
     again = Ticket.objects.using(a).add(Ticket(uuid=key, state="mine"))
     await a.flush()
     await settle()
-    assert stored(store, key).state == "mine"
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert ticket.state == "mine"
     await wait_for(lambda: Ticket.objects.using(b)[key].state == "mine", timeout=1)
     assert Ticket.objects.using(a)[key] is again
     assert not again.is_dirty
@@ -1145,7 +1143,7 @@ async def test_an_ack_lost_after_the_echo_came_is_a_write_that_landed(nodes: Nod
     doc, remote = await shared(a, b)
     coll = a.collection(Ticket)
     lossy = Lossy(coll.bucket)
-    coll.bucket = lossy  # type: ignore[assignment]
+    coll.bucket = lossy
     doc.state = "a"
     flush = asyncio.create_task(a.flush())
     try:
