@@ -473,15 +473,38 @@ def _lost(what: str, exc: BaseException) -> ConnectionLost | ConnectionClosed:
     return err
 
 
+#: How often a request or a write waiting for its answer looks whether the connection it was sent
+#: on is gone (seconds): the answer can then never come.
+_RECONNECT_CHECK = 0.1
+
+
+async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> Msg:
+    """``nc.request``, but ended with ``ConnectionReconnectingError`` as soon as the connection
+    it was sent on is lost. nats-py keeps waiting for the whole timeout, though the server that
+    got the request is gone: a flush that asked something just before a restart sat it out."""
+    epoch = nc.stats["reconnects"]
+    task = asyncio.ensure_future(nc.request(subject, payload, timeout=timeout))
+    try:
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=_RECONNECT_CHECK)
+            if done:
+                return task.result()
+            if not nc.is_connected or nc.stats["reconnects"] != epoch:
+                raise nats.errors.ConnectionReconnectingError
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 async def _api(nc: Client, subject: str, payload: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
     """One JetStream API request; transport failures become ``ConnectionLost``, API errors ``_ApiError``."""
     if not nc.is_connected:
         # nats-py would buffer the request until a reconnect and we would sit out the timeout.
         raise _disconnected(nc, subject)
     try:
-        msg = await nc.request(
-            subject, orjson.dumps(payload) if payload is not None else b"", timeout=timeout
-        )
+        msg = await _request(nc, subject, orjson.dumps(payload) if payload is not None else b"", timeout)
     except nats.errors.NoRespondersError as e:
         # Nobody serves $JS.API: JetStream is off, or the server is still starting.
         raise _lost(f"{subject}: JetStream not available", e) from e
@@ -880,8 +903,6 @@ class NatsWatch:
 
 #: Publishes per batch command (one write to the client's buffer).
 _BATCH = 256
-#: How often a write waiting for acks looks whether the client reconnected meanwhile (seconds).
-_RECONNECT_CHECK = 0.1
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -1088,8 +1109,8 @@ class NatsBucket:
             if not self._nc.is_connected:
                 raise _disconnected(self._nc, f"get {self._name}/{key}")
             try:
-                msg = await self._nc.request(
-                    f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", self._timeout
+                msg = await _request(
+                    self._nc, f"$JS.API.DIRECT.GET.{self._stream}.{subject}", b"", self._timeout
                 )
             except nats.errors.NoRespondersError as e:
                 raise await self._check_exists(e) from e
