@@ -21,6 +21,8 @@ Every version the bucket stores is recorded, so what is checked is the history, 
   and the version after it then writes every field it stored stale;
 * nothing is applied twice: a value assigned on a node is written by that node once (a retry of a
   write that had landed would undo what another node wrote in between);
+* nothing is written for nothing: a version changes at least one field, unless it puts the last good
+  version back over an unreadable one;
 * between any two steps, each index answers what a scan answers, and a node that deleted a stored
   document holds it again only once another node created it after that delete;
 * all converge: once every node has flushed and its watch caught up, every node holds exactly what
@@ -236,18 +238,16 @@ values = {
     "u": st.sampled_from([None, "u0", "u1"]),
 }
 ARGS: dict[str, Any] = {
-    "add": st.tuples(node_ids, keys, st.integers(0, 3)),
-    "set": st.tuples(node_ids, slots, st.sampled_from(FIELDS)).flatmap(
-        lambda t: st.tuples(*map(st.just, t), values[t[2]])
-    ),
-    "append": st.tuples(node_ids, slots, st.sampled_from(["p", "q"])),
-    "delete": st.tuples(node_ids, slots),
-    "flush": st.tuples(node_ids, st.sampled_from(FAULTS)),
-    "pump": st.tuples(st.integers(1, 6)),
-    "deaf": st.tuples(node_ids),
-    "hear": st.tuples(node_ids, st.none() | st.integers(1, 3)),
-    "restart": st.tuples(node_ids),
-    "poison": st.tuples(keys),
+    "add": (node_ids, keys, st.integers(0, 3)),
+    "set": (node_ids, slots, st.sampled_from(FIELDS)),
+    "append": (node_ids, slots, st.sampled_from(["p", "q"])),
+    "delete": (node_ids, slots),
+    "flush": (node_ids, st.sampled_from(FAULTS)),
+    "pump": (st.integers(1, 6),),
+    "deaf": (node_ids,),
+    "hear": (node_ids, st.none() | st.integers(1, 3)),
+    "restart": (node_ids,),
+    "poison": (keys,),
 }
 #: Weighted by repetition: mostly edits and flushes, so that programs store many versions.
 KINDS = ["add"] * 3 + ["set"] * 6 + ["append", "delete"] + ["flush"] * 6
@@ -257,11 +257,24 @@ KINDS += ["pump", "deaf", "hear", "restart"]
 #: cases understood so far are fixed, each with its test in test_review_races.py / test_sync_memory.py.
 if os.environ.get("MODEL_POISON") == "1":
     KINDS += ["poison"]
-steps = st.sampled_from(KINDS).flatmap(lambda kind: ARGS[kind].map(lambda args: (kind, *args)))
+
+
+def _step(kind: str) -> st.SearchStrategy[tuple[Any, ...]]:
+    """Plain tuples ``(kind, *args)``, so that a failing program prints as one."""
+    drawn = st.tuples(st.just(kind), *ARGS[kind])
+    if kind == "set":  # the value is drawn for the field
+        return drawn.flatmap(lambda t: st.tuples(*map(st.just, t), values[t[3]]))
+    return drawn
+
+
+steps = st.sampled_from(KINDS).flatmap(_step)
 
 
 def owe(world: World, node: int, doc: Item, name: str) -> None:
-    if name in doc.dirty_fields:
+    restore_only = world.nodes[node].collection(Item).restoring.get(doc.uuid or "", ())
+    # Dirty only to restore over an unreadable version (an assignment of the value it had is
+    # no edit): no change of this node's.
+    if name in doc.dirty_fields and name not in restore_only:
         value = list(doc.tags) if name == "tags" else getattr(doc, name)
         world.owed[node][(doc.uuid or "", name)] = Owed(doc, value, doc._odm_rev)
 
@@ -442,6 +455,9 @@ def check_history(world: World) -> None:
         data, ch, write_id, loc = stored_fields(e.value)
         restore = e.key in poisoned  # the last good version written back over the poisoned one
         poisoned.discard(e.key)
+        # A version changing nothing is a wasted write (and a wake-up for every node), unless it
+        # puts the last good version back over an unreadable one.
+        assert ch or restore, f"revision {e.revision} of {e.key} by {loc} changes nothing"
         for name in ("a", "b"):
             made = (name, data[name])
             if name in ch and world.origin.get(made) == loc and not restore:
