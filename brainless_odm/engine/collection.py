@@ -467,7 +467,9 @@ class Collection(Generic[D]):
                 # on the unreadable revision), so the document survives on every node. Fields
                 # marked only for that are remembered: if another node's restore (or any readable
                 # version) lands first, they are not real edits and must not overwrite it.
-                edited = doc._odm_dirty | doc._odm_inflight
+                # Fields still marked only to restore over an earlier unreadable version are no
+                # edits either (a second one arrived before that restore was written).
+                edited = (doc._odm_dirty | doc._odm_inflight) - self.restoring.get(key, _NONE)
                 if doc._odm_rev == 0 and not doc._odm_inflight:
                     # Added here and not written yet: every field is an edit of this node's (its
                     # create), to be written over the unreadable version, not a mere restore.
@@ -580,12 +582,16 @@ class Collection(Generic[D]):
 
         ``donor``: nothing keeps ``remote`` after this, so its containers may make up the ``old``
         document of ``on_change`` (see :meth:`_old_version`)."""
-        restore_only = self.restoring.pop(remote.uuid or "", None)
-        if restore_only and type(doc._odm_dirty) is set:
-            doc._odm_dirty.difference_update(restore_only)
-        protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
         key = doc.uuid
         assert key is not None
+        restore_only = self.restoring.pop(key, None)
+        if restore_only and type(doc._odm_dirty) is set:
+            doc._odm_dirty.difference_update(restore_only)
+            if not doc._odm_dirty and not doc._odm_inflight and key not in self.unknown:
+                # Pending only to restore over an unreadable version, and this one replaces it:
+                # nothing is left to write (a write now would store a version changing nothing).
+                self.pending.pop(key, None)
+        protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
         wants_change = self._wants_change(False)
         # A document still raw has handed none of its containers out: the ones this merge
         # replaces are nobody's afterwards, and can be the old document's without a copy.

@@ -574,6 +574,44 @@ async def test_an_edit_made_after_an_unreadable_version_arrived_survives_another
     await wait_for(lambda: Ticket.objects.using(b)[doc.uuid or ""].note == "edited after", what="b")
 
 
+async def test_a_second_unreadable_version_does_not_turn_the_restore_into_edits(nodes: Nodes) -> None:
+    # Found by test_sync_model: two unreadable versions in a row. At the second, the fields a's
+    # first restore had marked counted as edits of a's, so when b's restore (carrying b's edit)
+    # landed first, a wrote its whole last good version over it and undid b's edit.
+    a, b, store = nodes
+    doc, remote = await shared(a, b, note="good")
+    key = doc.uuid or ""
+    await store.bucket("test-ticket").put_raw(key, b"not json")
+    await store.bucket("test-ticket").put_raw(key, b"not json either")
+    await settle()
+    remote.note = "b's edit"
+    await b.flush()  # b's restore, with its edit, lands first
+    await settle()
+    await a.flush()
+    await settle()
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert ticket.note == "b's edit"
+    assert doc.note == "b's edit"
+
+
+async def test_a_restore_that_another_node_made_first_writes_nothing(nodes: Nodes) -> None:
+    # Found by test_sync_model: once b's restore has replaced the unreadable version, a's own
+    # restore has nothing left to write; it used to store a version changing nothing.
+    a, b, store = nodes
+    doc, _remote = await shared(a, b, note="good")
+    key = doc.uuid or ""
+    await store.bucket("test-ticket").put_raw(key, b"not json")
+    await settle()
+    assert await b.flush() == 1  # b's restore
+    await settle()
+    revision = store.bucket("test-ticket")._revision
+    assert await a.flush() == 0
+    assert store.bucket("test-ticket")._revision == revision
+    assert doc._odm_rev == revision
+    assert not doc.dirty_fields
+
+
 async def test_watch_restart_resumes_after_applied(nodes: Nodes) -> None:
     a, b, _store = nodes
     doc, remote = await shared(a, b)
