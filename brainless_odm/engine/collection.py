@@ -585,11 +585,17 @@ class Collection(Generic[D]):
         key = doc.uuid
         assert key is not None
         restore_only = self.restoring.pop(key, None)
-        if restore_only and type(doc._odm_dirty) is set:
-            doc._odm_dirty.difference_update(restore_only)
+        if restore_only:
+            # This version replaces the unreadable one: fields marked only to restore over it are
+            # no changes of ours any more, neither waiting nor in a write still in flight (which
+            # then is not sent again for them if it fails, see _requeue).
+            if type(doc._odm_dirty) is set:
+                doc._odm_dirty.difference_update(restore_only)
+            if doc._odm_inflight & restore_only:
+                _slot_inflight(doc, doc._odm_inflight - restore_only)
             if not doc._odm_dirty and not doc._odm_inflight and key not in self.unknown:
-                # Pending only to restore over an unreadable version, and this one replaces it:
-                # nothing is left to write (a write now would store a version changing nothing).
+                # Pending only to restore over an unreadable version: nothing is left to write
+                # (a write now would store a version changing nothing).
                 self.pending.pop(key, None)
         protected = doc._odm_dirty | doc._odm_inflight if doc._odm_dirty or doc._odm_inflight else _NONE
         wants_change = self._wants_change(False)
@@ -857,6 +863,8 @@ class Collection(Generic[D]):
                         out.retry.add(key)
                 continue
             if doc is not None:
+                if changed and not changed & doc._odm_inflight and self._superseded(key, doc):
+                    continue
                 self._requeue(key, doc, changed)
             if isinstance(res, Conflict):
                 if doc is not None and self.docs.get(key) is doc:
@@ -911,13 +919,26 @@ class Collection(Generic[D]):
             self.failed[key] = res
             out.failures.append((self.name, key, res))
 
+    def _superseded(self, key: str, doc: D) -> bool:
+        """A write that did not land, all of whose fields were marked only to restore over an
+        unreadable version that a readable one has replaced since (see _merge): nothing of it is
+        to be written again. Its outcome is known even without an ack: had it landed, its echo
+        would have come before that readable version, and settled it."""
+        if self.docs.get(key) is not doc or not doc._odm_rev:
+            return False
+        if not doc._odm_dirty and not doc._odm_inflight and key not in self.unknown:
+            self.pending.pop(key, None)
+        return True
+
     def _requeue(self, key: str, doc: D, changed: frozenset[str]) -> None:
-        """A write did not land: its fields are dirty again (unless stored by then)."""
+        """A write did not land: its fields are dirty again (unless stored by then), those still
+        in flight: a field marked only to restore over an unreadable version leaves the write
+        once a readable version replaced that (see _merge)."""
         if self.docs.get(key) is not doc:
             _slot_inflight(doc, _NONE)
             return
         if doc._odm_rev:
-            mark_dirty(doc, changed)
+            mark_dirty(doc, changed & doc._odm_inflight)
         _slot_inflight(doc, _NONE)
         self.pending[key] = None
 

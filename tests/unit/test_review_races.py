@@ -612,6 +612,44 @@ async def test_a_restore_that_another_node_made_first_writes_nothing(nodes: Node
     assert not doc.dirty_fields
 
 
+@pytest.mark.parametrize("answer", ["conflict", "none"])
+async def test_a_restore_in_flight_when_another_version_replaces_the_unreadable_one_is_not_resent(
+    nodes: Nodes, answer: str
+) -> None:
+    # Found by test_sync_model: b's restore was awaiting its answer when a's version reached b.
+    # Its compare-and-set failed ("conflict"), or its answer never came ("none": the flush was
+    # given up), and b sent its restore again, as edits: over a's edit, or as a probe that lands.
+    a, b, store = nodes
+    doc, remote = await shared(a, b, note="good")
+    key = doc.uuid or ""
+    await store.bucket("test-ticket").put_raw(key, b"not json")
+    await settle()
+    g = gate(b)
+    g.gate_writes = g.unapplied = True
+    flush_b = asyncio.ensure_future(b.flush())
+    await g.waiting.wait()  # b's restore is sent, not stored yet
+    doc.note = "a's edit"
+    await a.flush()  # a's restore, with its edit
+    revision = doc._odm_rev
+    await wait_for(lambda: remote._odm_rev == revision, what="a's version to reach b")
+    if answer == "conflict":
+        g.gate_writes = g.unapplied = False
+        g.release.set()
+        await flush_b
+    else:
+        flush_b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flush_b
+        g.gate_writes = g.unapplied = False
+    await flush_twice(b)
+    assert store.bucket("test-ticket")._revision == revision
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert ticket.note == "a's edit"
+    assert remote.note == "a's edit"
+    assert not remote.dirty_fields
+
+
 async def test_watch_restart_resumes_after_applied(nodes: Nodes) -> None:
     a, b, _store = nodes
     doc, remote = await shared(a, b)
