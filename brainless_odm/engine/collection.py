@@ -452,6 +452,7 @@ class Collection(Generic[D]):
                 # its ack, so its fields stop being protected now: a write on top of it (the next
                 # entry) must be applied, or we would keep our value while everyone has the later one.
                 del self.inflight_ids[key]
+                self.restoring.pop(key, None)
                 _slot_rev(doc, entry.revision)
                 _slot_inflight(doc, _NONE)
                 return
@@ -593,6 +594,12 @@ class Collection(Generic[D]):
                 doc._odm_dirty.difference_update(restore_only)
             if doc._odm_inflight & restore_only:
                 _slot_inflight(doc, doc._odm_inflight - restore_only)
+            prior = self.unknown.get(key)
+            if prior is not None and restore_only.issuperset(codec.read_meta(prior[1]).get("ch", "?")):
+                # A write of unknown outcome that only restored: landed or not, this version is
+                # later (it cannot land after it: its compare-and-set is older), so nothing of it
+                # is owed any more, and a probe sent now could land its stale values on top.
+                self._forget_unknown(key)
             if not doc._odm_dirty and not doc._odm_inflight and key not in self.unknown:
                 # Pending only to restore over an unreadable version: nothing is left to write
                 # (a write now would store a version changing nothing).

@@ -612,13 +612,14 @@ async def test_a_restore_that_another_node_made_first_writes_nothing(nodes: Node
     assert not doc.dirty_fields
 
 
-@pytest.mark.parametrize("answer", ["conflict", "none"])
+@pytest.mark.parametrize("answer", ["conflict", "none", "none before"])
 async def test_a_restore_in_flight_when_another_version_replaces_the_unreadable_one_is_not_resent(
     nodes: Nodes, answer: str
 ) -> None:
     # Found by test_sync_model: b's restore was awaiting its answer when a's version reached b.
     # Its compare-and-set failed ("conflict"), or its answer never came ("none": the flush was
-    # given up), and b sent its restore again, as edits: over a's edit, or as a probe that lands.
+    # given up, before a's version came or after), and b sent its restore again: as edits over
+    # a's edit, or as a probe that lands.
     a, b, store = nodes
     doc, remote = await shared(a, b, note="good")
     key = doc.uuid or ""
@@ -628,6 +629,12 @@ async def test_a_restore_in_flight_when_another_version_replaces_the_unreadable_
     g.gate_writes = g.unapplied = True
     flush_b = asyncio.ensure_future(b.flush())
     await g.waiting.wait()  # b's restore is sent, not stored yet
+    if answer == "none before":
+        flush_b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flush_b
+        g.gate_writes = g.unapplied = False
+        assert b.collection(Ticket).unknown
     doc.note = "a's edit"
     await a.flush()  # a's restore, with its edit
     revision = doc._odm_rev
@@ -636,7 +643,7 @@ async def test_a_restore_in_flight_when_another_version_replaces_the_unreadable_
         g.gate_writes = g.unapplied = False
         g.release.set()
         await flush_b
-    else:
+    elif answer == "none":
         flush_b.cancel()
         with pytest.raises(asyncio.CancelledError):
             await flush_b
