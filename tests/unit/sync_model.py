@@ -20,7 +20,9 @@ Every version the bucket stores is recorded, so what is checked is the history, 
   outcome sent again as it was (see ``Collection._build_ops``): it may land over a later version,
   and the version after it then writes every field it stored stale;
 * nothing is applied twice: a value assigned on a node is written by that node once (a retry of a
-  write that had landed would undo what another node wrote in between);
+  write that had landed would undo what another node wrote in between), except by a write that puts
+  the last good version back over an unreadable one (one made on that unreadable revision, sent
+  then or later, as a probe);
 * nothing is written for nothing: a version changes at least one field, unless it puts the last good
   version back over an unreadable one;
 * between any two steps, each index answers what a scan answers, and a node that deleted a stored
@@ -77,9 +79,10 @@ class Faulty:
     """A node's bucket that can meet one fault on its next write (or, for ``get_lost``, its next
     read: conflicts are resolved by reading the latest version); it counts every write id sent."""
 
-    def __init__(self, inner: Any, sent: dict[str, int]) -> None:
+    def __init__(self, inner: Any, sent: dict[str, int], on: dict[str, int | None]) -> None:
         self.inner = inner
         self.sent = sent
+        self.on = on
         self.fault = "none"
         self.holding = asyncio.Event()
 
@@ -98,7 +101,9 @@ class Faulty:
         for op in ops:
             if op.msg_id is not None:
                 self.sent[op.msg_id] = self.sent.get(op.msg_id, 0) + 1
-        if self.fault in ("none", "get_lost"):
+                self.on.setdefault(op.msg_id, op.expected_revision)
+        if self.fault in ("none", "get_lost") or all(op.msg_id is None for op in ops):
+            # (Writes without an id are not a flush's: a dead letter's removal of the bad entry.)
             results: list[WriteResult] = await self.inner.write(ops)
             return results
         fault, self.fault = self.fault, "none"
@@ -173,6 +178,7 @@ class World:
     ears: list[Ears | None] = field(default_factory=list)
     history: list[Entry] = field(default_factory=list)  # every version the bucket stored
     sent: dict[str, int] = field(default_factory=dict)  # write id -> times sent
+    on: dict[str, int | None] = field(default_factory=dict)  # write id -> the revision it expected
     owed: list[dict[tuple[str, str], Owed]] = field(default_factory=list)
     # node -> {key: the bucket's revision when the node deleted its stored document of that key}
     deleted: list[dict[str, int]] = field(default_factory=lambda: [{} for _ in range(NODES)])
@@ -215,7 +221,7 @@ async def start_node(world: World, i: int) -> None:
     restart = i < len(world.nodes)
     ears = await world.backend.ears(db, world.ears[i] if restart else None)
     coll = db.collection(Item)
-    faulty = Faulty(coll.bucket, world.sent)
+    faulty = Faulty(coll.bucket, world.sent, world.on)
     coll.bucket = faulty
     if restart:
         world.nodes[i], world.faulty[i], world.ears[i] = db, faulty, ears
@@ -444,6 +450,7 @@ def check_history(world: World) -> None:
     previous: dict[str, dict[str, Any] | None] = {}
     applied: set[tuple[str, Any]] = set()
     poisoned: set[str] = set()
+    unreadable = {e.revision for e in world.history if e.operation is Operation.PUT and not readable(e)}
     for e in world.history:
         if e.operation is not Operation.PUT:
             previous[e.key] = None
@@ -453,7 +460,9 @@ def check_history(world: World) -> None:
             poisoned.add(e.key)
             continue  # what follows is measured against the last good version
         data, ch, write_id, loc = stored_fields(e.value)
-        restore = e.key in poisoned  # the last good version written back over the poisoned one
+        # The last good version written back over an unreadable one: right after it, or later,
+        # as a probe of a write made on it (see the docstring).
+        restore = e.key in poisoned or world.on.get(write_id) in unreadable
         poisoned.discard(e.key)
         # A version changing nothing is a wasted write (and a wake-up for every node), unless it
         # puts the last good version back over an unreadable one.
