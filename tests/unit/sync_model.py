@@ -3,11 +3,12 @@ of ``test_sync_model.py``, on a ``MemoryStore``, and of ``tests/integration/test
 
 Three ``Database`` objects share one store. Hypothesis draws a program of steps: adds (from a small
 pool of explicit uuids, so nodes create the same key and re-create deleted ones), assignments (one
-field is ``Unique``, which holds per node only), in-place list edits, deletes, flushes, restarts, and
-where the store allows it a node's watch going deaf (what the bucket stores waits for it) and hearing
-again, in part or all at once. A flush can meet one fault: every ack lost
-after the writes landed, before they reached the store, or after half of them landed; the flush
-cancelled while its writes await their acks, landed or not; or the read that resolves a conflict lost.
+field is ``Unique``, which holds per node only), in-place list edits, deletes, flushes, restarts,
+unreadable bytes written under a key by someone else, and where the store allows it a node's watch
+going deaf (what the bucket stores waits for it) and hearing again, in part or all at once. A flush
+can meet one fault: every ack lost after the writes landed, before they reached the store, or after
+half of them landed; the flush cancelled while its writes await their acks, landed or not; or the
+read that resolves a conflict lost.
 
 Every version the bucket stores is recorded, so what is checked is the history, not one outcome:
 
@@ -257,12 +258,9 @@ ARGS: dict[str, Any] = {
 }
 #: Weighted by repetition: mostly edits and flushes, so that programs store many versions.
 KINDS = ["add"] * 3 + ["set"] * 6 + ["append", "delete"] + ["flush"] * 6
-KINDS += ["pump", "deaf", "hear", "restart"]
-#: ``MODEL_POISON=1``: programs also write unreadable bytes under keys. Off by default: with it, long
-#: hunts still find histories the checks reject (docs/sync.md, "How the guarantees are tested"); the
-#: cases understood so far are fixed, each with its test in test_review_races.py / test_sync_memory.py.
-if os.environ.get("MODEL_POISON") == "1":
-    KINDS += ["poison"]
+#: ``poison``: unreadable bytes under a key, as another program might write (the cases it found are
+#: fixed, each with its test in test_review_races.py / test_sync_memory.py).
+KINDS += ["pump", "deaf", "hear", "restart", "poison"]
 
 
 def _step(kind: str) -> st.SearchStrategy[tuple[Any, ...]]:
