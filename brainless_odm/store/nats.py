@@ -489,6 +489,8 @@ async def _request(nc: Client, subject: str, payload: bytes, timeout: float) -> 
             done, _ = await asyncio.wait((task,), timeout=_RECONNECT_CHECK)
             if done:
                 return task.result()
+            if nc.is_closed:
+                raise nats.errors.ConnectionClosedError  # by its owner: not retried
             if not nc.is_connected or nc.stats["reconnects"] != epoch:
                 raise nats.errors.ConnectionReconnectingError
     finally:

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from sync_helpers import Call, DbFactory, dumps, eventually
 
 from brainless_odm import Database, FlushError
-from brainless_odm.exceptions import ConnectionLost
+from brainless_odm.exceptions import ConnectionClosed, ConnectionLost
 from brainless_odm.store.base import Bucket, BucketConfig, WriteOp
 from brainless_odm.store.nats import NatsKVStore, connect
 from brainless_odm.testing import NatsServer
@@ -427,3 +427,19 @@ async def test_requests_awaiting_an_answer_when_the_server_goes_end_with_the_con
         entry = await bucket.get("a")
         assert entry is not None
         assert entry.value == b"1"
+
+
+async def test_a_request_awaiting_an_answer_when_its_connection_is_closed_ends_as_closed(
+    own_server: NatsServer,
+) -> None:
+    """Closed by its owner, not lost: ``ConnectionClosed`` (not retried), at once."""
+    async with patient_store(own_server) as (pid, nc, bucket):
+        await freeze(pid)
+        started = time.monotonic()
+        task = asyncio.create_task(bucket.get("a"))
+        await asyncio.sleep(0.3)
+        assert not task.done()  # sent, unanswered
+        await asyncio.wait_for(nc.close(), 10)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(task, 20)
+        assert time.monotonic() - started < 5  # the timeout is 30 s
