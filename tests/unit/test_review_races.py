@@ -376,15 +376,22 @@ async def test_readd_before_delete_is_written_overwrites(nodes: Nodes) -> None:
     assert (ticket.note, ticket.priority) == ("v2", 0)
 
 
-async def test_deleting_a_document_readded_before_its_delete_was_written_deletes_it(nodes: Nodes) -> None:
-    # Found by test_sync_model: the re-added document had never been written (revision 0), so
-    # deleting it sent nothing, and the version the first delete was for stayed everywhere else.
-    a, b, store = nodes
+async def deleted_readded_deleted(a: Database, b: Database) -> str:
+    """A document both nodes hold, deleted on a, re-added there under its uuid before that delete
+    was written, and deleted again (nothing flushed since the first delete); its key."""
     doc, _remote = await shared(a, b, note="v1")
     key = doc.uuid or ""
     await doc.delete()
     Ticket.objects.using(a).add(Ticket(uuid=key, note="v2"))
     assert Ticket.objects.using(a).delete(key)
+    return key
+
+
+async def test_deleting_a_document_readded_before_its_delete_was_written_deletes_it(nodes: Nodes) -> None:
+    # Found by test_sync_model: the re-added document had never been written (revision 0), so
+    # deleting it sent nothing, and the version the first delete was for stayed everywhere else.
+    a, b, store = nodes
+    key = await deleted_readded_deleted(a, b)
     await a.flush()
     assert stored(store, key) is None
     await wait_for(lambda: key not in Ticket.objects.using(b), what="the delete to reach b")
@@ -394,11 +401,7 @@ async def test_after_that_delete_an_unwritten_add_of_the_key_deleted_sends_nothi
     # The mark the fix above leaves must go once the delete is stored: else a later add of the
     # uuid, deleted before it was written, sent a delete too, and removed what b created meanwhile.
     a, b, store = nodes
-    doc, _remote = await shared(a, b, note="v1")
-    key = doc.uuid or ""
-    await doc.delete()
-    Ticket.objects.using(a).add(Ticket(uuid=key, note="v2"))
-    assert Ticket.objects.using(a).delete(key)
+    key = await deleted_readded_deleted(a, b)
     await a.flush()  # the delete, stored
     await a.collection(Ticket).stop_watch()  # a does not see what b does next
     Ticket.objects.using(b).add(Ticket(uuid=key, note="b's"))
