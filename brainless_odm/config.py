@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CollectionOptions", "DocumentConfig", "collection_options"]
 
-_COLLECTION_RE = re.compile(r"^[A-Za-z0-9_]+(?:[-][A-Za-z0-9_]+)*$")
+# No "-": the bucket is "{namespace}-{collection}", and a namespace may hold "-", so a "-" in the
+# collection would let namespace "app" with collection "staging-call" share namespace
+# "app-staging"'s bucket "app-staging-call". Without it the last "-" of a bucket name splits it.
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class DocumentConfig(ConfigDict, total=False):
@@ -75,8 +78,8 @@ def collection_options(cls_name: str, config: dict[str, Any], own: dict[str, Any
     collection = own.get("collection", snake_case(cls_name))
     if not isinstance(collection, str) or not _COLLECTION_RE.match(collection):
         raise DefinitionError(
-            f"{cls_name}: collection name {collection!r} must be letters, digits, '_' or inner '-' "
-            "(it becomes part of a NATS bucket name)"
+            f"{cls_name}: collection name {collection!r} must be letters, digits or '_' "
+            "(the bucket is '{namespace}-{collection}': a '-' would make namespaces overlap)"
         )
     history = _int(cls_name, "bucket_history", config.get("bucket_history", 1), 1, 64)
     replicas = _int(cls_name, "bucket_replicas", config.get("bucket_replicas", 1), 1, 5)

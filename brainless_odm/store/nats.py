@@ -1556,7 +1556,8 @@ class NatsKVStore:
         while True:
             resp = await _api(self._nc, "$JS.API.STREAM.NAMES", {"offset": offset}, self._timeout)
             page = resp.get("streams") or []
-            names.extend(s[3:] for s in page if s.startswith(prefix))
+            # A collection name has no "-": "app-staging-call" belongs to namespace "app-staging".
+            names.extend(s[3:] for s in page if s.startswith(prefix) and "-" not in s[len(prefix) :])
             offset += len(page)
             if not page or offset >= int(resp.get("total", 0)):
                 break

@@ -74,6 +74,25 @@ async def test_protocols_and_bucket_visible_to_nats_py(
     assert await store.list_buckets() == []
 
 
+async def test_a_namespace_does_not_list_the_buckets_of_a_longer_one(
+    nats_client: Client, brainless_namespace: str
+) -> None:
+    # "ns" and "ns-staging": the bucket "ns-staging-call" is the collection "call" of the second
+    # namespace, never a collection "staging-call" of the first (collection names have no "-").
+    short = NatsKVStore(nats_client, namespace=brainless_namespace)
+    longer = NatsKVStore(nats_client, namespace=f"{brainless_namespace}-staging")
+    mine = f"{brainless_namespace}-call"
+    theirs = f"{brainless_namespace}-staging-call"
+    for store, name in ((short, mine), (longer, theirs)):
+        await store.open_bucket(name, BucketConfig())
+    try:
+        assert await short.list_buckets() == [mine]
+        assert await longer.list_buckets() == [theirs]
+    finally:
+        for store, name in ((short, mine), (longer, theirs)):
+            await store.delete_bucket(name)
+
+
 async def test_put_get_and_compare_and_set(bucket: NatsBucket) -> None:
     assert await bucket.get("k1") is None
     r1, r2 = await bucket.write([WriteOp("k1", b"a", expected_revision=0), WriteOp("k2", b"b")])

@@ -140,6 +140,7 @@ def test_reserved_field_names(name: str) -> None:
     [
         {"collection": "has space"},
         {"collection": "dot.ted"},
+        {"collection": "staging-call"},  # "app" + "staging-call" would be "app-staging"'s bucket
         {"collection": ""},
         {"collection": 5},
         {"bucket_history": 0},
