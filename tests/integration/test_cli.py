@@ -337,3 +337,15 @@ def test_unreachable_server_fails_fast(args: list[str]) -> None:
     assert "cannot connect to NATS" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 5
+
+
+@pytest.mark.parametrize("args", [["server"], ["demo", "--pause", "0"]], ids=["server", "demo"])
+def test_a_missing_nats_server_says_how_to_install_it(args: list[str]) -> None:
+    # The install hint survives the terminal's markup: "[server]" is text, not a style tag.
+    env = _env(NATS_SERVER_BIN=os.devnull)
+    proc = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "brainless-odm[server]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    help_text = subprocess.run([*CLI, "server", "--help"], env=env, capture_output=True, text=True, timeout=30)
+    assert "brainless-odm[server]" in help_text.stdout
