@@ -347,5 +347,5 @@ def test_a_missing_nats_server_says_how_to_install_it(args: list[str]) -> None:
     assert proc.returncode == 1
     assert "brainless-odm[server]" in proc.stderr
     assert "Traceback" not in proc.stderr
-    help_text = subprocess.run([*CLI, "server", "--help"], env=env, capture_output=True, text=True, timeout=30)
-    assert "brainless-odm[server]" in help_text.stdout
+    shown = subprocess.run([*CLI, "server", "--help"], env=env, capture_output=True, text=True, timeout=30)
+    assert "brainless-odm[server]" in shown.stdout
