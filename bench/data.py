@@ -1,6 +1,6 @@
 """The documents every implementation stores, generated deterministically.
 
-One document is a flat JSON object of about 200 bytes: a unique ``code``, two indexed integers
+One document is a JSON object of about 180 bytes: a unique ``code``, two indexed integers
 (``queue`` for equality, ``score`` for ranges), a non-indexed ``state`` for the full-scan filter, a
 nested ``caller`` model and a ``tags`` list. ``generate(n)`` is a prefix of ``generate(m)`` for
 ``n < m``, so every size holds the same first documents.

@@ -133,6 +133,13 @@ class Database:
     ``nc`` is a connected ``nats.aio.client.Client``, ``None`` for a private in-memory store, or
     any ``KVStore`` (e.g. one ``MemoryStore`` shared by several databases, which then sync with
     each other like nodes do through NATS).
+
+    ``namespace`` (letters, digits, ``_``, ``-``) prefixes every bucket: ``{namespace}-{collection}``.
+    ``location`` names this node: it is stored with each write and is the node part of the uuids
+    it assigns. ``flush_interval`` is the seconds from the first pending change to the background
+    flush. ``documents`` are the classes it holds (an iterable or a ``Registry``); ``None`` means
+    every concrete class of the default registry defined when ``start()`` runs. Invalid values
+    raise ``ValueError``.
     """
 
     def __init__(

@@ -103,9 +103,11 @@ class Manager(Generic[D]):
         return self._qs().order_by(*keys)
 
     def limit(self, n: int) -> QuerySet[D]:
+        """A ``QuerySet`` of at most ``n`` documents (``Call.objects.filter().limit(n)``)."""
         return self._qs().limit(n)
 
     def offset(self, n: int) -> QuerySet[D]:
+        """A ``QuerySet`` that skips the first ``n`` documents (``Call.objects.filter().offset(n)``)."""
         return self._qs().offset(n)
 
     async def all(self) -> list[D]:

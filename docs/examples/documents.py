@@ -42,8 +42,8 @@ class Agent(Stamped):
         bucket_storage="file",
     )
 
-    login: Annotated[str, Unique()]  # one agent per login; None may repeat
-    email: Annotated[str | None, Unique()] = None
+    login: Annotated[str, Unique()]  # one agent per login
+    email: Annotated[str | None, Unique()] = None  # unique too, but None may repeat
     team: Annotated[str, Indexed()]  # equality, `in` and ranges answered from an index
     skills: list[str] = []
     contact: Contact | None = None  # nested models are plain Pydantic models
