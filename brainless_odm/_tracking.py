@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import decimal
 import sys
 import weakref
 from collections.abc import Callable, Iterable
@@ -82,6 +83,12 @@ class FieldLink:
             return None
         coll = doc._odm_coll
         return coll.snapshot_inplace(doc, self.field) if coll is not None else None
+
+    def check(self) -> None:
+        """Run the document's own validators over it, if they look at this field (raises)."""
+        doc = self.doc
+        if doc is not None:
+            doc._odm_check_validators(self.field)
 
     def changed(self, revert: Revert | None, before: Any = None) -> None:
         doc = self.doc
@@ -640,6 +647,24 @@ def _detach_removed(before: Iterable[Any], after: Iterable[Any], link: FieldLink
 _CONTAINERS = frozenset({list, dict, set, tuple, TrackedList, TrackedDict, TrackedSet})
 
 
+_NUMBERS = frozenset({bool, int, float, decimal.Decimal})
+
+
+def same_value(old: Any, new: Any) -> bool:
+    """Whether assigning ``new`` over ``old`` changes nothing. ``1``, ``1.0`` and ``True`` are
+    equal in Python but not in what is stored, so the type counts too; values that refuse to
+    compare count as changed."""
+    if old is new:
+        return True
+    to, tn = type(old), type(new)
+    if to is not tn and (to in _NUMBERS or tn in _NUMBERS):
+        return False
+    try:
+        return bool(old == new)
+    except Exception:
+        return False
+
+
 def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
     """Pydantic's assignment validation, undone completely when it fails.
 
@@ -682,22 +707,31 @@ def install_hook(model_cls: type[Any]) -> None:
             original(self, name, value)
             return
         snapshot = link.before()
-        old = self.__dict__.get(name)
+        old_dict = self.__dict__
+        old = old_dict.get(name)
         if is_model:
             # Held by a document: validate like the document's own fields do, whatever the
             # nested model's own config says.
+            fields_set = self.__pydantic_fields_set__
+            was_set = name in fields_set
             validate_assignment(self, name, value)
         else:
             original(self, name, value)
         d = self.__dict__
         new = d[name]
-        try:
-            unchanged = bool(old == new)
-        except Exception:
-            unchanged = False
-        if unchanged:
+        if same_value(old, new):
             d[name] = old  # keep the tracked original; an equal value is no change
             return
+        try:
+            link.check()  # the document's own validators, over the document as it is now
+        except BaseException:
+            if is_model:
+                object.__setattr__(self, "__dict__", old_dict)
+                if not was_set:
+                    self.__pydantic_fields_set__.discard(name)
+            else:
+                original(self, name, old)
+            raise
         if old is not new:
             _detach(old, link)
         if type(new) in _CONTAINERS or _is_model_type(type(new)):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from . import exceptions
-from ._compat import ModelMetaclass
+from ._compat import ModelMetaclass, class_statement_namespace
 from ._fieldsets import SharedFieldsSet, unshare
 from ._tracking import (
     FieldLink,
@@ -29,6 +29,7 @@ from ._tracking import (
     holds_raw_data,
     install_hook,
     plain_copy,
+    same_value,
     validate_assignment,
     wrap,
 )
@@ -66,6 +67,9 @@ class DocumentInfo:
     unique: tuple[str, ...]
     tracked: frozenset[str]  # fields whose values can change in place (containers, models)
     fast_decode: bool  # model_validate_json can read stored values directly
+    # Fields whose in-place changes the class's own validators must see (field validators of the
+    # field, or every field when there are model validators): checked on the whole document.
+    validated: frozenset[str] = frozenset()
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -84,6 +88,21 @@ class DocumentInfo:
     @cached_property
     def all_dirty(self) -> frozenset[str]:
         return frozenset(self.data_fields)
+
+
+def _validated_fields(cls: type[BaseModel], data_fields: tuple[str, ...]) -> frozenset[str]:
+    """The fields that validators of ``cls`` itself look at (see ``DocumentInfo.validated``)."""
+    decorators = cls.__pydantic_decorators__
+    if decorators.model_validators or decorators.root_validators:
+        return frozenset(data_fields)
+    names: set[str] = set()
+    for d in decorators.field_validators.values():
+        names.update(d.info.fields)
+    for v in decorators.validators.values():  # Pydantic v1-style @validator
+        names.update(v.info.fields)
+    if "*" in names:
+        return frozenset(data_fields)
+    return frozenset(names) & frozenset(data_fields)
 
 
 def Annotated_of(annotation: Any, metadata: list[Any]) -> Any:
@@ -185,6 +204,10 @@ class DocumentMeta(ModelMetaclass):
         is_root = namespace.get("__module__") == __name__ and cls_name == "Document"
         if not is_root:
             own = set(namespace.get("__annotations__", {}))
+            # Fields a plain Pydantic mixin brings count as declared here.
+            for base in bases:
+                if isinstance(base, type) and issubclass(base, BaseModel) and not issubclass(base, Document):
+                    own |= set(base.model_fields)
             bad = sorted(own & RESERVED) + sorted({"objects"} & set(namespace))
             if bad:
                 raise DefinitionError(
@@ -195,6 +218,9 @@ class DocumentMeta(ModelMetaclass):
                 namespace["__slots__"] = ()  # keep instances as lean as the root's
         own_config = dict(namespace.get("model_config", {}) or {})
         own_config.update({k: v for k, v in kwargs.items()})
+        if not is_root and "__pydantic_reset_parent_namespace__" not in kwargs:
+            namespace["__pydantic_parent_namespace__"] = class_statement_namespace()
+            kwargs["__pydantic_reset_parent_namespace__"] = False
         cls = super().__new__(mcs, cls_name, bases, namespace, **kwargs)
         if is_root:
             return cls
@@ -229,6 +255,14 @@ class DocumentMeta(ModelMetaclass):
                 for tp in _walk_types(finfo.annotation, set()):
                     if not isinstance(tp, type):
                         continue
+                    if issubclass(tp, BaseModel):
+                        for sub, sinfo in tp.model_fields.items():
+                            if any(isinstance(m, Indexed) for m in sinfo.metadata):
+                                raise DefinitionError(
+                                    f"{cls_name}.{name}: Indexed/Unique on {tp.__name__}.{sub} does "
+                                    "nothing: only a document's own fields are indexed (query the "
+                                    f"nested field with {name}__{sub}=...)"
+                                )
                     if (issubclass(tp, BaseModel) and not issubclass(tp, Document)) or (
                         dataclasses.is_dataclass(tp) and not tp.__dataclass_params__.frozen  # type: ignore[attr-defined]
                     ):
@@ -245,6 +279,7 @@ class DocumentMeta(ModelMetaclass):
             unique=tuple(unique),
             tracked=frozenset(tracked),
             fast_decode=config.get("extra") in (None, "ignore"),
+            validated=_validated_fields(doc_cls, data_fields),
         )
         doc_cls.__odm__ = info
         for name in tracked:
@@ -275,7 +310,10 @@ class Document(BaseModel, metaclass=DocumentMeta):
     and written to storage by the next flush.
     """
 
-    model_config = ConfigDict(validate_assignment=True)
+    # What is stored must load back: NaN and infinities are stored as the strings "NaN",
+    # "Infinity" and "-Infinity" (not as null, which a float field refuses), and fields are
+    # stored by name, so a field with an alias must also validate by its name.
+    model_config = ConfigDict(validate_assignment=True, ser_json_inf_nan="strings", validate_by_name=True)
     __slots__ = (*_SLOTS, "__weakref__")  # weak references work, as on a plain Pydantic model
     __odm__: ClassVar[DocumentInfo]
     DoesNotExist: ClassVar[type[exceptions.DoesNotExist]] = exceptions.DoesNotExist
@@ -336,11 +374,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
         validate_assignment(self, name, value)  # raises: nothing changed
         d = self.__dict__  # validate_assignment installs a new __dict__
         new = d[name]
-        try:
-            unchanged = bool(new == old)
-        except Exception:  # values that refuse to compare count as changed
-            unchanged = False
-        if unchanged:
+        if same_value(old, new):
             d[name] = old  # keep the tracked original; an equal value is no change
             return
         if coll is None:
@@ -356,6 +390,32 @@ class Document(BaseModel, metaclass=DocumentMeta):
             raise
 
     __setattr__._odm_guarded = True  # type: ignore[attr-defined]  # see _fieldsets
+
+    def _odm_set_validated(self, name: str, new: Any) -> None:
+        """Assign ``new``, already validated with the whole document (``QuerySet.update()``
+        validates every field it sets together, so no half-updated state meets a model validator)."""
+        d = self.__dict__
+        old = d[name]
+        if same_value(old, new):
+            return
+        coll = self._odm_coll
+        before = coll.snapshot_for_events(self) if coll is not None else None
+        fields_set = self.__pydantic_fields_set__
+        if name not in fields_set:
+            if type(fields_set) is SharedFieldsSet:
+                object.__setattr__(self, "__pydantic_fields_set__", set(fields_set))  # see _fieldsets
+            self.__pydantic_fields_set__.add(name)
+        d = {**d, name: new}  # a new __dict__, as Pydantic's assignment makes
+        object.__setattr__(self, "__dict__", d)
+        if coll is None:
+            mark_dirty(self, (name,))
+            return
+        try:
+            coll.assigned(self, name, old, new, before)
+        except BaseException:
+            cut_link(d[name])
+            d[name] = old
+            raise
 
     def _odm_track(self, name: str, replaced: Any = None) -> None:
         """Link the containers of field ``name`` to this document; cut the link of the value it
@@ -418,27 +478,57 @@ class Document(BaseModel, metaclass=DocumentMeta):
 
     def _odm_inplace_change(self, name: str, revert: Callable[[], None] | None, before: Any = None) -> None:
         if revert is not None:
-            ta = type(self).__odm__.adapter(name)
-            value = self.__dict__[name]
             try:
-                validated = ta.validate_python(ta.dump_python(value, warnings=False), strict=True)
+                self._odm_check_field(name)
+                self._odm_check_validators(name)
             except Exception:
                 revert()
                 raise
-            raw = holds_raw_data(value, validated)
-            if raw is not None:
-                # Validation would convert it, but the container would keep the dict: refuse it,
-                # as assigning a dict to a model attribute of a container is refused.
-                revert()
-                raise ValidationError.from_exception_data(
-                    type(self).__name__,
-                    [{"type": "model_type", "loc": (name,), "input": raw[0], "ctx": {"class_name": raw[1]}}],
-                )
         coll = self._odm_coll
         if coll is None:
             mark_dirty(self, (name,))
         else:
             coll.touched(self, name, before)
+
+    def _odm_check_field(self, name: str) -> None:
+        """Validate the value field ``name`` holds now against its type, strictly: a value that
+        validation would convert (``"5"`` in a ``list[int]``, a dict where a model belongs) is
+        refused, as the container would keep the unconverted one. Raises ``ValidationError``."""
+        ta = type(self).__odm__.adapter(name)
+        value = self.__dict__[name]
+        try:
+            validated = ta.validate_python(ta.dump_python(value, warnings=False), strict=True)
+        except ValidationError as e:
+            # Strict validation takes dataclasses only as instances, not as their dumped dicts:
+            # when that is all it refused, the objects themselves decide.
+            if any(err["type"] != "dataclass_exact_type" for err in e.errors()):
+                raise
+            validated = ta.validate_python(value, strict=True)
+        raw = holds_raw_data(value, validated)
+        if raw is not None:
+            # Validation would convert it, but the container would keep the dict: refuse it,
+            # as assigning a dict to a model attribute of a container is refused.
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [{"type": "model_type", "loc": (name,), "input": raw[0], "ctx": {"class_name": raw[1]}}],
+            )
+
+    def _odm_check_validators(self, name: str) -> None:
+        """Run the class's field and model validators over the document as it is now, if any of
+        them looks at field ``name``: an in-place change (``call.tags.append(x)``,
+        ``call.caller.city = x``) must pass what assigning the whole field would. Raises
+        ``ValidationError``; changes nothing (what a validator would convert is not applied)."""
+        if name in type(self).__odm__.validated:
+            type(self).__pydantic_validator__.validate_python(dict(self.__dict__))
+
+    def _odm_revalidate(self) -> None:
+        """Validate a document about to be added as it is now: its lists, dicts and nested models
+        may have changed in place since it was built, untracked (a document is tracked once held)."""
+        info = type(self).__odm__
+        for name in info.tracked:
+            self._odm_check_field(name)
+        if info.validated & info.tracked:
+            type(self).__pydantic_validator__.validate_python(dict(self.__dict__))
 
     # -- public state ------------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import codec
 from .._fieldsets import share
-from .._tracking import exclusive, plain_copy
+from .._tracking import exclusive, plain_copy, same_value
 from ..document import Document, mark_dirty
 from ..exceptions import (
     ConnectionClosed,
@@ -562,11 +562,7 @@ class Collection(Generic[D]):
         d = doc.__dict__
         unlike = set()
         for name in names:
-            try:
-                same = name in stored and bool(d[name] == stored[name])
-            except Exception:
-                same = False
-            if not same:
+            if name not in stored or not same_value(d[name], stored[name]):
                 unlike.add(name)
         return unlike
 
@@ -618,11 +614,7 @@ class Collection(Generic[D]):
                 continue
             old = d[name]
             new = rd[name]
-            try:
-                same = bool(old == new)
-            except Exception:
-                same = False
-            if same:
+            if same_value(old, new):
                 continue
             d[name] = new
             idx = self.indexes.get(name)

@@ -283,7 +283,14 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
         vals = [_validate(tp, x, what) if x is not None else None for x in value]
         hs = _hashable_set(vals)
         if hs is not None:
-            member: Predicate = lambda doc: get(doc) in hs  # noqa: E731
+
+            def member(doc: Any) -> bool:
+                v = get(doc)
+                try:
+                    return v in hs
+                except TypeError:  # an unhashable value (a list in an Any field) is no member
+                    return any(v == x for x in vals)
+
         else:
             member = lambda doc: any(get(doc) == x for x in vals)  # noqa: E731
         return Cond(path, op, tuple(vals), member if op == "in" else (lambda doc: not member(doc)))

@@ -66,13 +66,17 @@ class Manager(Generic[D]):
             # model_validate(doc), without its Python wrapper (a tenth of an add)
             new = model.__pydantic_validator__.validate_python(doc)
         elif type(doc) is model or isinstance(doc, model):
-            # A document plus overrides is a template for a new one: its uuid stays behind.
             if fields:
+                # A document plus overrides is a template for a new one. A stored one's uuid stays
+                # behind (it is taken); one given explicitly to a document not yet stored is kept.
                 if getattr(doc, "_odm_raw", False):
                     # Its models must be registered to it, so the new one gets copies of them.
                     doc._odm_materialize()
-                new = model(**{**doc.__dict__, "uuid": None, **fields})
+                uuid = doc.uuid if doc._odm_coll is None else None
+                new = model(**{**doc.__dict__, "uuid": uuid, **fields})
             else:
+                if doc._odm_coll is None:
+                    doc._odm_revalidate()  # what changed in place since it was built is unchecked
                 new = doc
         elif isinstance(doc, Mapping):
             new = model.model_validate(doc if not fields and type(doc) is dict else {**doc, **fields})

@@ -178,7 +178,12 @@ class QuerySet(Generic[D]):
                 except TypeError:
                     # Values of several types that do not compare (a field typed int | str):
                     # order by type name first, so the sort is still total and stable.
-                    docs.sort(key=_typed_sort_key(get), reverse=desc)
+                    try:
+                        docs.sort(key=_typed_sort_key(get), reverse=desc)
+                    except TypeError:
+                        # Values of one type that do not compare (a naive and an aware datetime,
+                        # two dicts in an Any field): those pairs by their repr.
+                        docs.sort(key=_lenient_sort_key(get), reverse=desc)
         start = self._offset
         stop = None if self._limit is None else start + self._limit
         if start or stop is not None:
@@ -255,12 +260,14 @@ class QuerySet(Generic[D]):
                 others = set(coll.indexes[name].holders(v)) - keys
                 if others:
                     raise UniqueViolation(coll.name, name, v, next(iter(others)))
-        # Field and model validators see the whole document: check every one before changing any.
-        for doc in docs:
-            model.model_validate({**doc.__dict__, **values})
-        for doc in docs:
-            for name, value in values.items():
-                setattr(doc, name, value)
+        # Field and model validators see the whole document with every value set: check every
+        # document before changing any, then set what was validated (assigning field by field
+        # would show a model validator half-updated documents).
+        validate = model.__pydantic_validator__.validate_python
+        checked = [validate({**doc.__dict__, **values}).__dict__ for doc in docs]
+        for doc, new in zip(docs, checked, strict=True):
+            for name in values:
+                doc._odm_set_validated(name, new[name])
         return len(docs)
 
     def __iter__(self) -> Iterator[D]:
@@ -279,6 +286,31 @@ def _typed_sort_key(get: Any) -> Any:
     def key(doc: Any) -> tuple[bool, str, Any]:
         v = get(doc)
         return (True, type(v).__name__, v) if v is not None else (False, "", 0)
+
+    return key
+
+
+class _Lenient:
+    """A sort key that compares its value with ``<`` where it can, by ``repr`` where it cannot."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+    def __lt__(self, other: _Lenient) -> bool:
+        try:
+            return bool(self.v < other.v)
+        except TypeError:
+            return repr(self.v) < repr(other.v)
+
+
+def _lenient_sort_key(get: Any) -> Any:
+    typed = _typed_sort_key(get)
+
+    def key(doc: Any) -> tuple[bool, str, Any]:
+        present, name, v = typed(doc)
+        return (present, name, _Lenient(v))
 
     return key
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import DbFactory, wait_for
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from brainless_odm import Database, Document, DocumentConfig, MemoryStore, Registry
 from brainless_odm._fieldsets import MAX_VARIANTS, SharedFieldsSet
@@ -308,12 +308,17 @@ async def test_extra_attributes_of_nested_models_unshare_first(make_db: DbFactor
     assert y.plain.model_fields_set == {"a"}
 
 
-async def test_nested_models_built_without_a_field_are_added(make_db: DbFactory) -> None:
+async def test_nested_models_built_without_a_required_field_are_refused(make_db: DbFactory) -> None:
+    # model_construct() skips validation: Inner without its required "sub" would be stored as
+    # {"a": 1}, which no node could load back. add() validates what a document holds.
     db = await make_db(Holder)
-    doc = Holder.objects.using(db).add(Holder(name="c", inner=Inner.model_construct(a=1)))
+    with pytest.raises(ValidationError, match="sub"):
+        Holder.objects.using(db).add(Holder(name="c", inner=Inner.model_construct(a=1)))
+    assert len(Holder.objects.using(db)) == 0
+    doc = Holder.objects.using(db).add(Holder(name="c", inner=Inner.model_construct(a=1, sub=Sub())))
     assert doc.inner is not None
-    assert doc.inner.model_fields_set == {"a"}
-    await db.flush()
+    assert doc.inner.model_fields_set == {"a", "sub"}
+    assert await db.flush() == 1
 
 
 async def test_documents_with_their_own_setattr_keep_their_own_sets(make_db: DbFactory) -> None:
