@@ -109,7 +109,8 @@ class ConnectionLost(StoreError):
 
 
 class ConnectionClosed(StoreError):
-    """The NATS connection was closed by its owner; nothing more can be written through it."""
+    """The NATS connection is closed for good (by its owner, or by nats-py when its reconnect
+    attempts ran out); nothing more can be written through it."""
 
 
 class BucketNotFound(StoreError):

@@ -453,9 +453,17 @@ class _ApiError(StoreError):
         super().__init__(f"JetStream API {subject}: {description} (code {code}, err_code {err_code})")
 
 
+_GAVE_UP = (
+    "nats-py gave up reconnecting after max_reconnect_attempts and closed it; connect with "
+    "max_reconnect_attempts=-1 to ride out outages of any length"
+)
+
+
 def _disconnected(nc: Client, what: str) -> ConnectionLost | ConnectionClosed:
     if nc.is_closed:
-        # Closed by its owner: it never comes back, so this is not retried.
+        # Closed for good: it never comes back, so this is not retried.
+        if isinstance(nc.last_error, nats.errors.NoServersError):
+            return ConnectionClosed(f"{what}: the NATS connection is closed ({_GAVE_UP})")
         return ConnectionClosed(
             f"{what}: the NATS connection is closed (stop the Database before closing its connection)"
         )
@@ -465,8 +473,16 @@ def _disconnected(nc: Client, what: str) -> ConnectionLost | ConnectionClosed:
 def _lost(what: str, exc: BaseException) -> ConnectionLost | ConnectionClosed:
     err: ConnectionLost | ConnectionClosed
     if isinstance(exc, nats.errors.ConnectionClosedError):
-        # Closed by its owner, not by the network: it never comes back, so it is not retried.
-        err = ConnectionClosed(f"{what}: the NATS connection is closed")
+        # Closed for good, not by the network: it never comes back, so it is not retried.
+        err = ConnectionClosed(
+            f"{what}: the NATS connection is closed (by its owner, who should stop the Database "
+            f"first, or: {_GAVE_UP})"
+        )
+    elif isinstance(exc, nats.errors.NoRespondersError):
+        err = ConnectionLost(
+            f"{what}: no responders (JetStream is not enabled on the server, e.g. nats-server -js, "
+            "or the server is starting or stopping)"
+        )
     else:
         err = ConnectionLost(f"{what}: NATS server unreachable ({type(exc).__name__})")
     err.__cause__ = exc

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 from sync_helpers import Call, DbFactory, dumps, eventually
@@ -443,3 +444,30 @@ async def test_a_request_awaiting_an_answer_when_its_connection_is_closed_ends_a
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(task, 20)
         assert time.monotonic() - started < 5  # the timeout is 30 s
+
+
+async def test_a_client_that_gave_up_reconnecting_is_named_as_such(
+    own_server: NatsServer, brainless_namespace: str
+) -> None:
+    """nats-py closes its client after ``max_reconnect_attempts``: the flush's ConnectionClosed
+    says so (not "closed by its owner"), and how to avoid it."""
+    nc = await nats.connect(own_server.url, max_reconnect_attempts=1, reconnect_time_wait=0.1)
+    db = Database(nc, namespace=brainless_namespace, documents=[Call])
+    try:
+        await db.start()
+        doc = Call.objects.using(db).add(channel_id="c-1")
+        await db.flush()
+        await own_server.stop()
+        await eventually(lambda: nc.is_closed, timeout=10)
+        doc.priority = 7
+        with pytest.raises(FlushError) as info:
+            await asyncio.wait_for(db.flush(), 10)
+        [(_c, key, exc)] = info.value.failures
+        assert key == doc.uuid
+        assert isinstance(exc, ConnectionClosed)
+        assert "max_reconnect_attempts=-1" in str(exc)
+        assert doc.is_dirty
+        with pytest.raises(FlushError):
+            await db.stop(timeout=5)
+    finally:
+        await nc.close()
