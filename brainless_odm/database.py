@@ -529,7 +529,17 @@ class Database:
         if existing is not None:
             raise DatabaseError(f"{letter.collection}/{letter.key} exists again; delete it before requeueing")
         coll.add(doc)
-        await self.flush()
+        try:
+            await self.flush()
+        except FlushError as e:
+            if any(c == letter.collection and k == letter.key for c, k, _ in e.failures):
+                raise  # not stored: the letter stays, and the document stays pending
+            # Stored; what failed are other documents. The letter goes, then they are reported.
+            await self._drop_dead_letter(letter)
+            raise
+        await self._drop_dead_letter(letter)
+        return doc
+
+    async def _drop_dead_letter(self, letter: DeadLetter) -> None:
         bucket = await self._dead_letters_bucket()
         await bucket.write([WriteOp(letter.id, None)])
-        return doc

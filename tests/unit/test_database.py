@@ -225,6 +225,28 @@ async def test_poison_value_goes_to_dead_letters_and_the_collection_still_loads(
     assert Note.model_validate_json(entry.value).text == "fixed"
 
 
+async def test_a_requeue_that_lands_while_another_document_fails_drops_its_letter(
+    make_db: DbFactory,
+) -> None:
+    # requeue flushes the database: a failure of another document must not leave the requeued
+    # one stored *and* its letter kept (a second requeue then asked to delete the good document).
+    store = MemoryStore()
+    await store.open_bucket("rq-note", BucketConfig())
+    await store.bucket("rq-note").put_raw("bad", b"not json")
+    db = await make_db(Note, store=store, namespace="rq", flush_interval=60)
+    (letter,) = await db.dead_letters()
+    big = Note.objects.using(db).add(text="x" * (1024 * 1024 + 1))
+    with pytest.raises(FlushError) as err:
+        await db.requeue_dead_letter(letter, orjson.dumps({"text": "fixed"}))
+    assert [k for _c, k, _e in err.value.failures] == [big.uuid]
+    assert Note.objects.using(db)["bad"].text == "fixed"
+    assert await db.dead_letters() == []
+    entry = await store.bucket("rq-note").get("bad")
+    assert entry is not None
+    assert Note.model_validate_json(entry.value).text == "fixed"
+    await Note.objects.using(db).filter(uuid=big.uuid).delete()
+
+
 async def test_poison_value_arriving_through_the_watch(make_db: DbFactory) -> None:
     store = MemoryStore()
     db = await make_db(Note, store=store, namespace="dlw")
