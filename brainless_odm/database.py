@@ -160,6 +160,11 @@ class Database:
         self.namespace = namespace
         self.location = location
         self.flush_interval = flush_interval
+        if nc is not None and not isinstance(nc, KVStore) and not hasattr(nc, "jetstream"):
+            raise TypeError(
+                "Database(nc): nc must be a connected nats-py client (await nats.connect(url)), None "
+                f"for the in-memory mode, or a KVStore; got {nc!r}"
+            )
         self._nc = nc
         self._documents = documents
         self._store: KVStore | None = None

@@ -185,6 +185,12 @@ async def test_module_level_setup_flush_stop() -> None:
 
 
 # -- dead letters ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("nc", ["nats://127.0.0.1:4222", 4222, object()])
+def test_something_other_than_a_client_is_a_type_error_at_once(nc: object) -> None:
+    with pytest.raises(TypeError, match=r"nats\.connect"):
+        Database(nc, documents=[Note])
+
+
 async def test_poison_value_goes_to_dead_letters_and_the_collection_still_loads(
     make_db: DbFactory,
 ) -> None:
