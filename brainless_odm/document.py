@@ -377,17 +377,7 @@ class Document(BaseModel, metaclass=DocumentMeta):
         if same_value(old, new):
             d[name] = old  # keep the tracked original; an equal value is no change
             return
-        if coll is None:
-            mark_dirty(self, (name,))
-            return
-        try:
-            coll.assigned(self, name, old, new, before)
-        except BaseException:
-            # Refused before anything was tracked or indexed (a unique violation): the old value,
-            # still linked, goes back; whatever the new one was linked to is cut.
-            cut_link(self.__dict__[name])
-            self.__dict__[name] = old
-            raise
+        self._odm_assigned(coll, name, old, new, before)
 
     __setattr__._odm_guarded = True  # type: ignore[attr-defined]  # see _fieldsets
 
@@ -405,16 +395,21 @@ class Document(BaseModel, metaclass=DocumentMeta):
             if type(fields_set) is SharedFieldsSet:
                 object.__setattr__(self, "__pydantic_fields_set__", set(fields_set))  # see _fieldsets
             self.__pydantic_fields_set__.add(name)
-        d = {**d, name: new}  # a new __dict__, as Pydantic's assignment makes
-        object.__setattr__(self, "__dict__", d)
+        object.__setattr__(self, "__dict__", {**d, name: new})  # a new one, as Pydantic's assignment
+        self._odm_assigned(coll, name, old, new, before)
+
+    def _odm_assigned(self, coll: Collection[Any] | None, name: str, old: Any, new: Any, before: Any) -> None:
+        """Field ``name`` now holds ``new`` (validated) instead of ``old``: track the change."""
         if coll is None:
             mark_dirty(self, (name,))
             return
         try:
             coll.assigned(self, name, old, new, before)
         except BaseException:
-            cut_link(d[name])
-            d[name] = old
+            # Refused before anything was tracked or indexed (a unique violation): the old value,
+            # still linked, goes back; whatever the new one was linked to is cut.
+            cut_link(self.__dict__[name])
+            self.__dict__[name] = old
             raise
 
     def _odm_track(self, name: str, replaced: Any = None) -> None:
