@@ -255,7 +255,8 @@ class DocumentMeta(ModelMetaclass):
                 for tp in _walk_types(finfo.annotation, set()):
                     if not isinstance(tp, type):
                         continue
-                    if issubclass(tp, BaseModel):
+                    if issubclass(tp, BaseModel) and not issubclass(tp, Document):
+                        # (A Document's markers index its own collection, wherever it is held.)
                         for sub, sinfo in tp.model_fields.items():
                             if any(isinstance(m, Indexed) for m in sinfo.metadata):
                                 raise DefinitionError(
