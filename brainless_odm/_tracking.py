@@ -665,8 +665,11 @@ def same_value(old: Any, new: Any) -> bool:
         return False
 
 
-def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
-    """Pydantic's assignment validation, undone completely when it fails.
+def validate_assignment(
+    model: BaseModel, name: str, value: Any, then: Callable[[], None] | None = None
+) -> None:
+    """Pydantic's assignment validation, followed by ``then`` (a further check), undone
+    completely when either fails.
 
     Pydantic has already installed the new value when a ``model_validator(mode="after")`` rejects
     it; the old ``__dict__`` (Pydantic builds a new one) and fields-set go back, so a rejected
@@ -678,6 +681,8 @@ def validate_assignment(model: BaseModel, name: str, value: Any) -> None:
         object.__setattr__(model, "__pydantic_fields_set__", set(fields_set))  # see _fieldsets
     try:
         model.__pydantic_validator__.validate_assignment(model, name, value)
+        if then is not None:
+            then()
     except BaseException:
         object.__setattr__(model, "__dict__", old_dict)
         if not was_set:
@@ -707,31 +712,24 @@ def install_hook(model_cls: type[Any]) -> None:
             original(self, name, value)
             return
         snapshot = link.before()
-        old_dict = self.__dict__
-        old = old_dict.get(name)
+        old = self.__dict__.get(name)
+        # Then the document's own validators, over the document as it is now (link.check).
         if is_model:
             # Held by a document: validate like the document's own fields do, whatever the
             # nested model's own config says.
-            fields_set = self.__pydantic_fields_set__
-            was_set = name in fields_set
-            validate_assignment(self, name, value)
+            validate_assignment(self, name, value, then=link.check)
         else:
             original(self, name, value)
+            try:
+                link.check()
+            except BaseException:
+                original(self, name, old)
+                raise
         d = self.__dict__
         new = d[name]
         if same_value(old, new):
             d[name] = old  # keep the tracked original; an equal value is no change
             return
-        try:
-            link.check()  # the document's own validators, over the document as it is now
-        except BaseException:
-            if is_model:
-                object.__setattr__(self, "__dict__", old_dict)
-                if not was_set:
-                    self.__pydantic_fields_set__.discard(name)
-            else:
-                original(self, name, old)
-            raise
         if old is not new:
             _detach(old, link)
         if type(new) in _CONTAINERS or _is_model_type(type(new)):

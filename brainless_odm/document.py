@@ -391,11 +391,8 @@ class Document(BaseModel, metaclass=DocumentMeta):
             return
         coll = self._odm_coll
         before = coll.snapshot_for_events(self) if coll is not None else None
-        fields_set = self.__pydantic_fields_set__
-        if name not in fields_set:
-            if type(fields_set) is SharedFieldsSet:
-                object.__setattr__(self, "__pydantic_fields_set__", set(fields_set))  # see _fieldsets
-            self.__pydantic_fields_set__.add(name)
+        unshare(self, name)
+        self.__pydantic_fields_set__.add(name)
         object.__setattr__(self, "__dict__", {**d, name: new})  # a new one, as Pydantic's assignment
         self._odm_assigned(coll, name, old, new, before)
 

@@ -177,13 +177,10 @@ class QuerySet(Generic[D]):
                     docs.sort(key=_sort_key(get), reverse=desc)
                 except TypeError:
                     # Values of several types that do not compare (a field typed int | str):
-                    # order by type name first, so the sort is still total and stable.
-                    try:
-                        docs.sort(key=_typed_sort_key(get), reverse=desc)
-                    except TypeError:
-                        # Values of one type that do not compare (a naive and an aware datetime,
-                        # two dicts in an Any field): those pairs by their repr.
-                        docs.sort(key=_lenient_sort_key(get), reverse=desc)
+                    # by type name first, so the sort is still total and stable; values of one
+                    # type that do not compare (a naive and an aware datetime, two dicts in an
+                    # Any field) by their repr.
+                    docs.sort(key=_lenient_sort_key(get), reverse=desc)
         start = self._offset
         stop = None if self._limit is None else start + self._limit
         if start or stop is not None:
@@ -282,14 +279,6 @@ def _sort_key(get: Any) -> Any:
     return key
 
 
-def _typed_sort_key(get: Any) -> Any:
-    def key(doc: Any) -> tuple[bool, str, Any]:
-        v = get(doc)
-        return (True, type(v).__name__, v) if v is not None else (False, "", 0)
-
-    return key
-
-
 class _Lenient:
     """A sort key that compares its value with ``<`` where it can, by ``repr`` where it cannot."""
 
@@ -306,11 +295,9 @@ class _Lenient:
 
 
 def _lenient_sort_key(get: Any) -> Any:
-    typed = _typed_sort_key(get)
-
     def key(doc: Any) -> tuple[bool, str, Any]:
-        present, name, v = typed(doc)
-        return (present, name, _Lenient(v))
+        v = get(doc)
+        return (True, type(v).__name__, _Lenient(v)) if v is not None else (False, "", _Lenient(0))
 
     return key
 
