@@ -17,8 +17,8 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
-from pydantic import ValidationError
-from sync_helpers import Call, Caller, DbFactory, QueueItem, dumps, eventually
+from pydantic import Field, ValidationError
+from sync_helpers import Base, Call, Caller, DbFactory, QueueItem, dumps, eventually
 
 from brainless_odm import (
     BucketNotFound,
@@ -541,6 +541,43 @@ async def test_poison_entries_are_dead_lettered_and_can_be_requeued(
     assert [dl.key for dl in await b.dead_letters()] == ["not-json"]
     d = await make_db()
     assert {x.channel_id for x in objects(d)} == {"good", "bad"}
+
+
+async def test_a_requeue_that_lands_while_another_document_fails_drops_its_letter(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    b = await make_db(flush_interval=60)
+    kv = await nats_client.jetstream().key_value(f"{brainless_namespace}-call")
+    await kv.put("broken", b"\x00 not json")  # arrives over the watch: moved aside
+    (letter,) = await eventually(lambda: _letters(b, {"broken"}), what="the dead letter")
+    big = objects(b).add(channel_id="big", note="x" * (1024 * 1024 + 1))  # over the max payload
+    with pytest.raises(FlushError) as err:
+        await b.requeue_dead_letter(letter, orjson.dumps({"channel_id": "fixed"}))
+    assert [k for _c, k, _e in err.value.failures] == [big.uuid]
+    assert objects(b)["broken"].channel_id == "fixed"
+    assert await b.dead_letters() == []
+    assert orjson.loads((await kv.get("broken")).value)["channel_id"] == "fixed"
+    objects(b).delete(big)
+
+
+class Reading(Base):
+    value: float = 0.0
+    label: str = Field("", alias="Label")
+
+
+async def test_nan_infinities_and_aliased_fields_load_back_from_nats(make_db: DbFactory) -> None:
+    a = await make_db(documents=(Reading,))
+    b = await make_db(documents=(Reading,))
+    doc = Reading.objects.using(a).add(value=float("-inf"), Label="l")
+    nan = Reading.objects.using(a).add(value=float("nan"))
+    await a.flush()
+    await eventually(lambda: doc.uuid in Reading.objects.using(b), what="the document on B")
+    other = Reading.objects.using(b)[doc.uuid or ""]
+    assert (other.value, other.label) == (float("-inf"), "l")
+    fresh = await make_db(documents=(Reading,))
+    loaded = Reading.objects.using(fresh)[nan.uuid or ""]
+    assert loaded.value != loaded.value  # NaN, not null (which a float refuses: a dead letter)
+    assert await fresh.dead_letters() == []
 
 
 async def _letters(db: Database, keys: set[str]) -> list[Any]:
