@@ -116,7 +116,8 @@ class TrackedList(list[Any]):
 
         snapshot = self._link.before()
         result = op()
-        self._link.changed(revert, snapshot)
+        if not _same_items(before, self):
+            self._link.changed(revert, snapshot)
         _detach_removed(before, self, self._link)
         return result
 
@@ -194,7 +195,8 @@ class TrackedDict(dict[Any, Any]):
 
         snapshot = self._link.before()
         result = op()
-        self._link.changed(revert, snapshot)
+        if not _same_entries(before, self):
+            self._link.changed(revert, snapshot)
         _detach_removed(before.values(), self.values(), self._link)
         return result
 
@@ -257,7 +259,8 @@ class TrackedSet(set[Any]):
 
         snapshot = self._link.before()
         result = op()
-        self._link.changed(revert, snapshot)
+        if before != self:  # an element equal to one held is not added: no change of type either
+            self._link.changed(revert, snapshot)
         return result
 
     def add(self, value: Any) -> None:
@@ -648,6 +651,7 @@ _CONTAINERS = frozenset({list, dict, set, tuple, TrackedList, TrackedDict, Track
 
 
 _NUMBERS = frozenset({bool, int, float, decimal.Decimal})
+_MISSING: Any = object()
 
 
 def same_value(old: Any, new: Any) -> bool:
@@ -663,6 +667,23 @@ def same_value(old: Any, new: Any) -> bool:
         return bool(old == new)
     except Exception:
         return False
+
+
+def _same_items(before: list[Any], after: list[Any]) -> bool:
+    """Whether an in-place list operation changed nothing (``del tags[:]`` of an empty list,
+    ``tags[0] = tags[0]``): then it is no change to write, as assigning an equal value is not."""
+    return len(before) == len(after) and all(map(same_value, before, after))
+
+
+def _same_entries(before: dict[Any, Any], after: dict[Any, Any]) -> bool:
+    """``_same_items`` for a dict (``d.update({})``, ``d.pop(k, None)`` of a missing key)."""
+    if len(before) != len(after):
+        return False
+    for key, old in before.items():
+        new = after.get(key, _MISSING)
+        if new is _MISSING or not same_value(old, new):
+            return False
+    return True
 
 
 def validate_assignment(

@@ -75,8 +75,10 @@ async def main() -> None:
         alice.settings["max_calls"] = 3  # ... and of a dict
         print(sorted(alice.dirty_fields))  # ['contact', 'settings', 'skills']
 
+        await db.flush()
         alice.team = "sales"  # an equal value is no change
-        assert "team" not in alice.dirty_fields
+        alice.skills.sort()  # nor is an in-place change that leaves an equal value
+        assert not alice.is_dirty
         # --8<-- [end:dirty]
 
         # --8<-- [start:validation]

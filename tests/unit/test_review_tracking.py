@@ -196,6 +196,35 @@ async def test_equal_nested_assignment_is_no_change(make_db: DbFactory) -> None:
     assert not a.is_dirty
 
 
+async def test_in_place_change_that_changes_nothing_is_no_change(make_db: DbFactory) -> None:
+    """Like assigning an equal value: nothing to write, no event (it cost a write per flush)."""
+    db, m = await setup(make_db)
+    a = m.add(meta={"k": [1, 2]}, callers=[Caller(number="1")])
+    await clean(db, a)
+    events: list[object] = []
+    m.on_change(lambda old, new: events.append(new), local=True)
+    no_ops: list[Callable[[], object]] = [
+        lambda: a.backup.clear(),
+        lambda: a.backup.__delitem__(slice(None)),
+        lambda: a.backup.extend([]),
+        lambda: a.backup.sort(),
+        lambda: a.meta["k"].sort(),
+        lambda: a.meta["k"].__setitem__(0, 1),
+        lambda: a.meta["k"].__imul__(1),
+        lambda: a.meta.update({}),
+        lambda: a.meta.pop("missing", None),
+        lambda: a.meta.__setitem__("k", [1, 2]),
+        lambda: a.callers.__setitem__(0, a.callers[0]),
+        lambda: a.callers[0].tags.clear(),
+    ]
+    for i, edit in enumerate(no_ops):
+        edit()
+        assert not a.is_dirty, i
+    a.meta["k"][0] = 5
+    assert a.dirty_fields == {"meta"}
+    await wait_for(lambda: events == [a])
+
+
 async def test_container_replaced_inside_nested_model_is_cut(make_db: DbFactory) -> None:
     db, m = await setup(make_db)
     a = m.add(caller=Caller(number="1", tags=["a"]))
