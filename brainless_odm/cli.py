@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import orjson
+import pydantic_core
 import typer
 from rich import box
 from rich.console import Console, Group
@@ -282,11 +282,16 @@ async def _open_existing(store: KVStore, conn: Connection, collection: str) -> B
 
 
 def _decode(value: bytes) -> dict[str, Any] | None:
+    # Pydantic's JSON reader and writer (not orjson's): integers beyond 64 bits stay exact.
     try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        data = pydantic_core.from_json(value)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def _json(value: Any, *, indent: int | None = None) -> bytes:
+    return pydantic_core.to_json(value, indent=indent)
 
 
 def _human_bytes(n: float) -> str:
@@ -466,7 +471,7 @@ async def _dump(conn: Connection, collection: str, meta: bool) -> int:
     with progress:
         task = progress.add_task(bucket.name, total=len(entries))
         for i, e in enumerate(entries, 1):
-            write(orjson.dumps(_document_json(e.key, e.value, meta=meta, revision=e.revision)) + b"\n")
+            write(_json(_document_json(e.key, e.value, meta=meta, revision=e.revision)) + b"\n")
             if i % 1000 == 0:
                 progress.update(task, completed=i)
     sys.stdout.flush()
@@ -502,7 +507,7 @@ async def _get(conn: Connection, collection: str, uuid: str, meta: bool) -> int:
     if out.is_terminal:
         out.print_json(data=doc)
     else:
-        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(_json(doc, indent=2).decode() + "\n")
     return 0
 
 
@@ -510,7 +515,7 @@ async def _get(conn: Connection, collection: str, uuid: str, meta: bool) -> int:
 
 
 def _short(v: Any, limit: int = 40) -> str:
-    s = orjson.dumps(v).decode() if not isinstance(v, str) else repr(v)
+    s = _json(v).decode() if not isinstance(v, str) else repr(v)
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
@@ -592,7 +597,7 @@ def _show_change(entry: Entry, state: dict[str, dict[str, Any]], json_lines: boo
         )
         if json_lines:
             rec = {"revision": entry.revision, "key": entry.key, "op": what}
-            sys.stdout.write(orjson.dumps(rec).decode() + "\n")
+            sys.stdout.write(_json(rec).decode() + "\n")
             sys.stdout.flush()
             return
         out.print(f"[dim]{stamp}[/dim] #{entry.revision} [red]{what:>7}[/red] {entry.key}")
@@ -601,7 +606,7 @@ def _show_change(entry: Entry, state: dict[str, dict[str, Any]], json_lines: boo
     if data is None:
         if json_lines:
             rec = {"revision": entry.revision, "key": entry.key, "op": "invalid"}
-            sys.stdout.write(orjson.dumps(rec).decode() + "\n")
+            sys.stdout.write(_json(rec).decode() + "\n")
             return
         out.print(f"[dim]{stamp}[/dim] #{entry.revision} [red]invalid[/red] {entry.key} (not a JSON object)")
         return
@@ -622,7 +627,7 @@ def _show_change(entry: Entry, state: dict[str, dict[str, Any]], json_lines: boo
             "location": location,
             "changed": fields,
         }
-        sys.stdout.write(orjson.dumps(rec).decode() + "\n")
+        sys.stdout.write(_json(rec).decode() + "\n")
         sys.stdout.flush()
         return
     colour = "green" if old is None else "cyan"
@@ -712,9 +717,7 @@ async def _dl_show(conn: Connection, collection: str, key: str) -> int:
     out.print(f"[bold]{dl.collection}/{dl.key}[/bold] (revision {dl.revision}{where})")
     out.print(Panel(dl.error or "(no error recorded)", title="error", title_align="left", border_style="red"))
     decoded = _decode(dl.value)
-    body = (
-        orjson.dumps(decoded, option=orjson.OPT_INDENT_2).decode() if decoded is not None else repr(dl.value)
-    )
+    body = _json(decoded, indent=2).decode() if decoded is not None else repr(dl.value)
     out.print(Panel(Text(body), title="value", title_align="left"))
     return 0
 

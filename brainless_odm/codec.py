@@ -17,13 +17,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic import ValidationError
+from pydantic_core import from_json, to_json
 
 if TYPE_CHECKING:
     from .document import Document
 
 D = TypeVar("D", bound="Document")
 
-__all__ = ["META_KEY", "decode", "encode", "read_meta", "written_with"]
+__all__ = ["META_KEY", "decode", "decode_fields", "encode", "read_meta", "written_with"]
 
 META_KEY = "_odm"
 _EXCLUDE_UUID = {"uuid"}
@@ -58,16 +60,29 @@ def _meta_head(location: str, changed: frozenset[str]) -> bytes:
 def decode(cls: type[D], key: str, value: bytes) -> D:
     """Validate a stored value into a ``cls`` document with ``uuid=key``. Raises on bad data."""
     if cls.__odm__.fast_decode:
-        doc = cls.model_validate_json(value)
+        try:
+            doc = cls.model_validate_json(value)
+        except ValidationError:
+            doc = decode_fields(cls, value)
     else:
-        data = orjson.loads(value)
-        if not isinstance(data, dict):
-            raise ValueError(f"stored value is a JSON {type(data).__name__}, not an object")
-        data.pop(META_KEY, None)
-        data.pop("uuid", None)
-        doc = cls.model_validate(data)
+        doc = decode_fields(cls, value)
     doc.__dict__["uuid"] = key
     return doc
+
+
+def decode_fields(cls: type[D], value: bytes) -> D:
+    """Validate the fields of a stored value, without its ``_odm`` and ``uuid`` members (the key is
+    the uuid; another writer may have stored one). What ``model_validate_json`` does directly when
+    the class ignores unknown members and the value holds no ``uuid`` (the usual case, so tried
+    first); ``extra="forbid"`` classes always come here. Validation stays in JSON mode, where a
+    strict ``datetime`` takes a string, and the JSON is read by Pydantic, which keeps integers
+    beyond 64 bits (``orjson`` turns them into floats)."""
+    data = from_json(value)
+    if not isinstance(data, dict):
+        raise ValueError(f"stored value is a JSON {type(data).__name__}, not an object")
+    data.pop(META_KEY, None)
+    data.pop("uuid", None)
+    return cls.model_validate_json(to_json(data))
 
 
 def read_meta(value: bytes) -> dict[str, Any]:

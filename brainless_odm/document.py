@@ -312,9 +312,16 @@ class Document(BaseModel, metaclass=DocumentMeta):
     """
 
     # What is stored must load back: NaN and infinities are stored as the strings "NaN",
-    # "Infinity" and "-Infinity" (not as null, which a float field refuses), and fields are
-    # stored by name, so a field with an alias must also validate by its name.
-    model_config = ConfigDict(validate_assignment=True, ser_json_inf_nan="strings", validate_by_name=True)
+    # "Infinity" and "-Infinity" (not as null, which a float field refuses); bytes as base64 (as
+    # UTF-8 text, bytes that are not text could not be written at all); and fields are stored by
+    # name, so a field with an alias must also validate by its name.
+    model_config = ConfigDict(
+        validate_assignment=True,
+        ser_json_inf_nan="strings",
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+        validate_by_name=True,
+    )
     __slots__ = (*_SLOTS, "__weakref__")  # weak references work, as on a plain Pydantic model
     __odm__: ClassVar[DocumentInfo]
     DoesNotExist: ClassVar[type[exceptions.DoesNotExist]] = exceptions.DoesNotExist

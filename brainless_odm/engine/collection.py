@@ -346,10 +346,16 @@ class Collection(Generic[D]):
         poison: list[tuple[Entry, Exception]] = []
         for entry in snap.entries:
             try:
-                doc = validate(entry.value) if fast else codec.decode(cls, entry.key, entry.value)
+                doc = validate(entry.value) if fast else codec.decode_fields(cls, entry.value)
             except Exception as exc:
-                poison.append((entry, exc))
-                continue
+                try:
+                    if not fast:
+                        raise
+                    # A stored "uuid" member, which the key overrides (see codec.decode_fields).
+                    doc = codec.decode_fields(cls, entry.value)
+                except Exception:
+                    poison.append((entry, exc))
+                    continue
             doc.__dict__["uuid"] = entry.key
             share(doc)
             _slot_coll(doc, self)

@@ -132,6 +132,20 @@ async def test_dump(nats_url: str, tickets: Database) -> None:
     assert isinstance(first["_revision"], int)
 
 
+async def test_dump_and_get_show_integers_beyond_64_bits_exactly(nats_url: str, tickets: Database) -> None:
+    # orjson read 2**70 + 1 as a float (1.1805916207174113e+21): the dump showed another number.
+    big = 2**70 + 1
+    ticket = await CliTicket.objects.using(tickets).get(title="vpn")
+    ticket.priority = big
+    await tickets.flush()
+    proc = await cli("dump", "cli_ticket", "-n", tickets.namespace, url=nats_url)
+    assert proc.returncode == 0, proc.stderr
+    assert f'"priority":{big}' in proc.stdout
+    got = await cli("get", "cli_ticket", ticket.uuid or "", "-n", tickets.namespace, url=nats_url)
+    assert got.returncode == 0, got.stderr
+    assert f'"priority": {big}' in got.stdout
+
+
 async def test_dump_unknown_collection(nats_url: str, tickets: Database) -> None:
     proc = await cli("dump", "nope", "-n", tickets.namespace, url=nats_url)
     assert proc.returncode == 1

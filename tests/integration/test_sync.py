@@ -7,6 +7,7 @@ Every ``Database`` here has its own connection (``make_db``), like separate proc
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import random
 import statistics
@@ -578,6 +579,32 @@ async def test_nan_infinities_and_aliased_fields_load_back_from_nats(make_db: Db
     loaded = Reading.objects.using(fresh)[nan.uuid or ""]
     assert loaded.value != loaded.value  # NaN, not null (which a float refuses: a dead letter)
     assert await fresh.dead_letters() == []
+
+
+class Strict(Base):
+    model_config = DocumentConfig(extra="forbid")
+    at: datetime.datetime = Field(strict=True)
+    big: int = 2**70 + 1
+    raw: bytes = b"\x00\xff"
+
+
+async def test_strict_forbid_classes_big_integers_and_binary_bytes_load_back_from_nats(
+    make_db: DbFactory,
+) -> None:
+    # Written, then dead-lettered by every node that read it: an extra="forbid" class read its
+    # stored JSON in Python mode (a strict datetime refuses a str), big integers went through a
+    # float, and bytes that are not UTF-8 could not be written at all.
+    when = datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.timezone.utc)
+    a = await make_db(documents=(Strict,))
+    b = await make_db(documents=(Strict,))
+    doc = Strict.objects.using(a).add(at=when)
+    await a.flush()
+    await eventually(lambda: doc.uuid in Strict.objects.using(b), what="the document on B")
+    fresh = await make_db(documents=(Strict,))
+    for db in (b, fresh):
+        got = Strict.objects.using(db)[doc.uuid or ""]
+        assert (got.at, got.big, got.raw) == (when, 2**70 + 1, b"\x00\xff")
+        assert await db.dead_letters() == []
 
 
 async def _letters(db: Database, keys: set[str]) -> list[Any]:
