@@ -53,6 +53,17 @@ _slot_dirty = Document.__dict__["_odm_dirty"].__set__
 _slot_inflight = Document.__dict__["_odm_inflight"].__set__
 _slot_raw = Document.__dict__["_odm_raw"].__set__
 _NONE: frozenset[str] = frozenset()
+
+
+class _Repair(frozenset[str]):
+    """In ``Collection.restoring``: fields dirty only to repair the remote values a probe of ours
+    stored stale when it landed (see ``Collection._landed``). An unreadable version's restore is
+    superseded by any readable version; a repair only field by field, by a version that changed
+    the field (the others it carries over from the probe, stale)."""
+
+    __slots__ = ()
+
+
 #: Writes per round of a large flush (two rounds are under way at a time, well inside the
 #: bucket's window of unacknowledged publishes).
 _ROUND = 1024
@@ -156,7 +167,7 @@ class Collection(Generic[D]):
         self._write_ids = itertools.count(1)
         self.poison: list[tuple[Entry, Exception]] = []  # entries load could not decode
         self.inflight_ids: dict[str, str] = {}  # key -> write id of the put under way
-        self.restoring: dict[str, frozenset[str]] = {}  # key -> fields dirty only to undo poison
+        self.restoring: dict[str, frozenset[str]] = {}  # key -> fields dirty only to undo poison/a probe
 
     # -- events ------------------------------------------------------------------------------------
     def _wants_change(self, local: bool) -> bool:
@@ -321,7 +332,7 @@ class Collection(Generic[D]):
         if another node's restore lands first."""
         restore_only = self.restoring.get(key)
         if restore_only is not None and name in restore_only:
-            self.restoring[key] = restore_only - {name}
+            self.restoring[key] = type(restore_only)(restore_only - {name})
 
     def _changed(self, key: str) -> None:
         self.pending[key] = None
@@ -503,9 +514,9 @@ class Collection(Generic[D]):
             mark_dirty(doc, self.info.data_fields)
         if key in self.unknown:
             self.shadow[key] = (entry.revision, remote)
-            self._merge(doc, remote, entry.revision)
+            self._merge(doc, remote, entry.revision, stored=entry.value)
         else:
-            self._merge(doc, remote, entry.revision, donor=True)
+            self._merge(doc, remote, entry.revision, donor=True, stored=entry.value)
 
     def _landed(self, key: str, doc: D, entry: Entry) -> None:
         """The echo (or the stored version) of our write whose outcome we never learnt (ack lost,
@@ -520,16 +531,22 @@ class Collection(Generic[D]):
         later = shadow if shadow is not None and shadow[0] > entry.revision else None
         self._forget_unknown(key)
         self.base.pop(key, None)
-        self.restoring.pop(key, None)
+        restore_only = self.restoring.pop(key, _NONE)
         on_top = later is None and entry.revision > doc._odm_rev
         if on_top:
             names: Iterable[str] = [n for n in self.info.data_fields if n not in doc._odm_inflight]
         else:
             names = doc._odm_dirty
         if names:
+            edited = doc._odm_dirty - restore_only
             unlike = self._unlike_stored(doc, entry.value, names)
             if unlike is not None:
                 _slot_dirty(doc, unlike or _NONE)
+                repair = _Repair(unlike - edited) if on_top else _NONE
+                if repair:
+                    # Remote values it stored stale: written again to repair it, but no edits
+                    # of ours. A later version that changes one of them wins (see _merge).
+                    self.restoring[key] = repair
             elif on_top:
                 mark_dirty(doc, names)
         if entry.revision > doc._odm_rev:
@@ -580,24 +597,34 @@ class Collection(Generic[D]):
         self._forget_unknown(key)
         self._fire_delete(doc, False)
 
-    def _merge(self, doc: D, remote: D, revision: int, *, donor: bool = False) -> None:
+    def _merge(
+        self, doc: D, remote: D, revision: int, *, donor: bool = False, stored: bytes | None = None
+    ) -> None:
         """Take ``remote``'s values for every field not changed here; rebase on ``revision``.
 
         ``donor``: nothing keeps ``remote`` after this, so its containers may make up the ``old``
-        document of ``on_change`` (see :meth:`_old_version`)."""
+        document of ``on_change`` (see :meth:`_old_version`). ``stored``: ``remote``'s bytes, which
+        say what fields its write changed (unknown without them: all)."""
         key = doc.uuid
         assert key is not None
-        restore_only = self.restoring.pop(key, None)
+        restore_only = marked = self.restoring.pop(key, None)
+        if type(restore_only) is _Repair and stored is not None:
+            ch = codec.read_meta(stored).get("ch")
+            kept = restore_only.difference(ch) if isinstance(ch, list) else _NONE
+            if kept:
+                self.restoring[key] = _Repair(kept)
+                restore_only = restore_only - kept
         if restore_only:
-            # This version replaces the unreadable one: fields marked only to restore over it are
-            # no changes of ours any more, neither waiting nor in a write still in flight (which
-            # then is not sent again for them if it fails, see _requeue).
+            # This version replaces the unreadable one (or changed fields we repair): fields
+            # marked only to restore over it are no changes of ours any more, neither waiting
+            # nor in a write still in flight (which then is not sent again for them if it
+            # fails, see _requeue).
             if type(doc._odm_dirty) is set:
                 doc._odm_dirty.difference_update(restore_only)
             if doc._odm_inflight & restore_only:
                 _slot_inflight(doc, doc._odm_inflight - restore_only)
             prior = self.unknown.get(key)
-            if prior is not None and restore_only.issuperset(codec.read_meta(prior[1]).get("ch", "?")):
+            if prior is not None and marked and marked.issuperset(codec.read_meta(prior[1]).get("ch", "?")):
                 # A write of unknown outcome that only restored: landed or not, this version is
                 # later (it cannot land after it: its compare-and-set is older), so nothing of it
                 # is owed any more, and a probe sent now could land its stale values on top.
@@ -987,7 +1014,7 @@ class Collection(Generic[D]):
         if key in self.unknown:
             self.shadow[key] = (entry.revision, remote)
         # The watch brings this entry too; _merge set _odm_rev, so it will be skipped there.
-        self._merge(doc, remote, entry.revision)
+        self._merge(doc, remote, entry.revision, stored=entry.value)
         return False
 
     # -- lifecycle ---------------------------------------------------------------------------------

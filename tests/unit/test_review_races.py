@@ -902,6 +902,70 @@ async def test_probe_landing_now_does_not_undo_a_remote_change_merged_meanwhile(
     assert not doc.is_dirty
 
 
+def store_revision(db: Database) -> int:
+    revision: int = db.collection(Ticket).bucket._revision  # type: ignore[union-attr]
+    return revision
+
+
+async def probe_landing_then(a: Database, b: Database, remote_edit: Any, *, watching: bool) -> Ticket:
+    """``held_write_then_remote_note``, an edit of a's (priority), then the probe lands on top with
+    the old note: a owes the note b had set ("b") back. Before a's next write, b makes
+    ``remote_edit`` (acknowledged); a learns of it by its watch, or (not ``watching``) only by
+    its next write's conflict. Then a's flush ends."""
+    doc, remote = await held_write_then_remote_note(a, b, "")
+    coll = a.collection(Ticket)
+    doc.priority = 8  # a's own edit since: the next flush probes
+    g = gate(a)
+    g.gate_writes = True  # the probe is stored, its ack held
+    flushing = asyncio.ensure_future(a.flush())
+    await wait_for(lambda: not coll.unknown, what="a to see its probe land (the echo)")
+    assert doc.dirty_fields == {"note", "priority"}
+    await wait_for(lambda: remote.note == "", what="b to see the probe's stale note")
+    if not watching:
+        await coll.stop_watch()
+    remote_edit(remote)
+    await b.flush()
+    try:
+        if watching:
+            revision = store_revision(b)
+            await wait_for(lambda: coll.applied >= revision, what="a's watch to bring b's change")
+    finally:
+        g.gate_writes = False
+        g.release.set()
+        await flushing
+    await a.flush()
+    await settle()
+    if not watching:
+        coll.start_watch()
+    return doc
+
+
+@pytest.mark.parametrize("watching", [True, False], ids=["watch", "conflict"])
+async def test_repair_after_a_probe_yields_to_a_later_change_of_the_field(
+    nodes: Nodes, watching: bool
+) -> None:
+    """b's later change is of the note: a's repair was no edit of a's, so b's note wins. (a
+    wrote "b" over it: the repaired fields counted as a's own edits.)"""
+    a, b, store = nodes
+    doc = await probe_landing_then(a, b, lambda r: setattr(r, "note", "b2"), watching=watching)
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note, ticket.priority) == ("a", "b2", 8)
+    assert (doc.note, doc.is_dirty) == ("b2", False)
+
+
+@pytest.mark.parametrize("watching", [True, False], ids=["watch", "conflict"])
+async def test_repair_after_a_probe_keeps_fields_a_later_change_left(nodes: Nodes, watching: bool) -> None:
+    """b's later change is of another field: it carries the probe's stale note over, so a still
+    writes b's earlier note back."""
+    a, b, store = nodes
+    doc = await probe_landing_then(a, b, lambda r: setattr(r, "team", "t2"), watching=watching)
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note, ticket.team, ticket.priority) == ("a", "b", "t2", 8)
+    assert (doc.note, doc.team, doc.is_dirty) == ("b", "t2", False)
+
+
 async def test_probe_landing_now_stores_an_edit_equal_to_its_stale_value(nodes: Nodes) -> None:
     """As above, but a's note is then edited back to the value the held write's bytes carry
     (a case test_sync_model met): the probe stores it, and every node takes the probe's whole
