@@ -405,7 +405,7 @@ class Q:
 
     def resolve(self, cls: type[BaseModel]) -> Node:
         # An empty Q is no condition at all (as in Django): Q(), ~Q() and Q(a=1) | Q() drop it.
-        nodes: list[Node] = [n for n in (c.resolve(cls) for c in self.children) if not _empty(n)]
+        nodes: list[Node] = [n for n in (c.resolve(cls) for c in self.children) if not no_condition(n)]
         nodes += [make_cond(cls, k, v) for k, v in self.lookups.items()]
         if not nodes:
             return And(())
@@ -413,7 +413,7 @@ class Q:
         return Not(node) if self.negated else node
 
 
-def _empty(node: Node) -> bool:
+def no_condition(node: Node) -> bool:
     return isinstance(node, And) and not node.children
 
 
@@ -422,6 +422,6 @@ def resolve(cls: type[BaseModel], qs: tuple[Q, ...], lookups: dict[str, Any]) ->
     for q in qs:
         if not isinstance(q, Q):
             raise QueryError(f"filter()/exclude() take Q objects and keyword lookups, got {q!r}")
-    nodes: list[Node] = [q.resolve(cls) for q in qs]
+    nodes: list[Node] = [n for n in (q.resolve(cls) for q in qs) if not no_condition(n)]
     nodes += [make_cond(cls, k, v) for k, v in lookups.items()]
     return And(tuple(nodes))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..exceptions import QueryError, UniqueViolation
-from .lookups import And, Cond, Node, Not, Q, orderable, resolve, resolve_path
+from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, resolve, resolve_path
 
 if TYPE_CHECKING:
     from ..document import Document
@@ -72,9 +72,10 @@ class QuerySet(Generic[D]):
 
     def exclude(self, *qs: Q, **lookups: Any) -> QuerySet[D]:
         """Documents *not* matching all of the lookups together (``exclude()`` alone: all)."""
-        if not qs and not lookups:
+        node = resolve(self._manager.model, qs, lookups)
+        if no_condition(node):  # no condition (exclude(), exclude(Q())): excludes nothing
             return self
-        return self._and(Not(resolve(self._manager.model, qs, lookups)))
+        return self._and(Not(node))
 
     def order_by(self, *keys: str) -> QuerySet[D]:
         """Sort by fields (``"-priority"`` descending, ``"caller__city"`` nested); ``None`` first."""
@@ -267,8 +268,13 @@ class QuerySet(Generic[D]):
                 doc._odm_set_validated(name, new[name])
         return len(docs)
 
-    def __iter__(self) -> Iterator[D]:
-        raise TypeError("a QuerySet is awaited (`await qs`) or iterated with `async for`")
+    if TYPE_CHECKING:
+        # Not iterable: type checkers flag `for doc in qs` and `list(qs)` (the manager is).
+        __iter__: ClassVar[None]
+    else:
+
+        def __iter__(self):
+            raise TypeError("a QuerySet is awaited (`await qs`) or iterated with `async for`")
 
 
 def _sort_key(get: Any) -> Any:

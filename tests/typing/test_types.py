@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
+import pytest
+
 from brainless_odm import Database, Document, DocumentConfig, Indexed, Manager, Q, QuerySet, Registry, Unique
 
 if sys.version_info >= (3, 11):
@@ -73,3 +75,9 @@ async def test_types() -> None:
         assert_type(added.dirty_fields, frozenset[str])
         assert_type(added.is_dirty, bool)
         assert_type(await db.flush(), int)
+
+        # A queryset is awaited or iterated with `async for`; a plain `for` is an error at run
+        # time, and the checkers say so (the `ignore` fails mypy's warn_unused_ignores if not).
+        with pytest.raises(TypeError):
+            for _ in qs:  # type: ignore[misc]
+                pass

@@ -446,6 +446,10 @@ async def test_empty_q_and_its_negation_filter_nothing_out(db: Database) -> None
     total = len(objects)
     assert await objects.filter(Q()).count() == total
     assert await objects.filter(~Q()).count() == total
+    # exclude(Q()) excluded everything: the empty Q became a condition under exclude's negation
+    assert await objects.exclude(Q()).count() == total
+    assert await objects.exclude(~Q(), Q() | Q()).count() == total
+    assert total > 0
 
 
 async def test_ordering_values_of_several_types_groups_them_by_type(make_db: DbFactory) -> None:
