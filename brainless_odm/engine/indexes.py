@@ -1,7 +1,9 @@
 """Secondary indexes over one field of a collection.
 
 A hash index (value → set of keys) answers equality and ``in``; a sorted list of (value, key) answers
-``lt``/``lte``/``gt``/``gte``/``range``. ``None`` is kept in the hash index only (it has no order).
+``lt``/``lte``/``gt``/``gte``/``range``. ``None`` is kept in the hash index only (it has no order);
+so is a float NaN, which no lookup matches (it equals nothing, itself included, and compares with
+nothing: in the sorted list it would break the order every lookup bisects).
 Values that cannot be ordered against the others (a field typed ``int | str`` holding both) make
 the sorted part give up: range lookups on that field then scan, and still answer correctly.
 
@@ -17,7 +19,12 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-__all__ = ["FieldIndex"]
+__all__ = ["FieldIndex", "is_nan"]
+
+
+def is_nan(value: Any) -> bool:
+    """A float NaN: equal to nothing, ordered against nothing."""
+    return type(value) is float and value != value
 
 
 class FieldIndex:
@@ -35,7 +42,7 @@ class FieldIndex:
     def _build_sorted(self) -> SortedList | None:
         pairs: list[tuple[Any, str]] = []
         for value, held in self.hash.items():
-            if value is None:
+            if value is None or is_nan(value):
                 continue
             if isinstance(held, str):
                 pairs.append((value, held))
@@ -63,7 +70,7 @@ class FieldIndex:
 
     def add(self, key: str, value: Any) -> None:
         self._hash_add(key, value)
-        if value is not None and self.sorted is not None:
+        if value is not None and self.sorted is not None and not is_nan(value):
             try:
                 self.sorted.add((value, key))
             except TypeError:
@@ -87,7 +94,7 @@ class FieldIndex:
         ordered: list[tuple[Any, str]] = []
         for key, value in pairs:
             self._hash_add(key, value)
-            if value is not None and self.sorted is not None:
+            if value is not None and not is_nan(value):
                 ordered.append((value, key))
         if ordered and self.sorted is not None:
             try:
@@ -109,11 +116,13 @@ class FieldIndex:
                     h[value] = next(iter(held))
                 elif not held:
                     del h[value]
-        if value is not None and self.sorted is not None:
+        if value is not None and self.sorted is not None and not is_nan(value):
             self.sorted.discard((value, key))
 
     def holders(self, value: Any) -> Collection[str]:
         """Keys whose value equals ``value``."""
+        if type(value) is float and value != value:
+            return ()  # NaN equals nothing (the hash index finds the very same NaN object)
         try:
             held = self.hash.get(value)
         except TypeError:  # unhashable lookup value: nothing can equal it in a hash index

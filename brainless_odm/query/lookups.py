@@ -18,6 +18,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ..engine.indexes import is_nan
 from ..exceptions import QueryError
 
 __all__ = ["LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "orderable", "resolve", "resolve_path"]
@@ -281,6 +282,7 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise QueryError(f"{what}: needs an iterable of values (a list, set, tuple...), got {value!r}")
         vals = [_validate(tp, x, what) if x is not None else None for x in value]
+        vals = [x for x in vals if not is_nan(x)]  # equal to nothing (a set would find itself)
         hs = _hashable_set(vals)
         if hs is not None:
 

@@ -278,9 +278,14 @@ class QuerySet(Generic[D]):
 
 
 def _sort_key(get: Any) -> Any:
-    def key(doc: Any) -> tuple[bool, Any]:
+    # None first; a float NaN, which compares with nothing, after every number (as in PostgreSQL).
+    def key(doc: Any) -> tuple[int, Any]:
         v = get(doc)
-        return (v is not None, v) if v is not None else (False, 0)
+        if v is None:
+            return (0, 0)
+        if type(v) is float and v != v:
+            return (2, 0)
+        return (1, v)
 
     return key
 
@@ -301,9 +306,13 @@ class _Lenient:
 
 
 def _lenient_sort_key(get: Any) -> Any:
-    def key(doc: Any) -> tuple[bool, str, Any]:
+    def key(doc: Any) -> tuple[int, str, Any]:
         v = get(doc)
-        return (True, type(v).__name__, _Lenient(v)) if v is not None else (False, "", _Lenient(0))
+        if v is None:
+            return (0, "", _Lenient(0))
+        if type(v) is float and v != v:
+            return (2, "", _Lenient(0))
+        return (1, type(v).__name__, _Lenient(v))
 
     return key
 

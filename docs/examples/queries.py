@@ -59,7 +59,7 @@ async def main() -> None:
         # --8<-- [start:nested]
         assert channels(await q.filter(caller__city="Prague")) == ["SIP/1"]
         assert channels(await q.filter(caller__city__startswith="Br")) == ["SIP/3"]
-        # a document whose caller is None never matches a lookup through it, and never raises
+        # a comparison through a caller that is None does not match that document, and never raises
         assert channels(await q.filter(caller__number__gt="150")) == ["SIP/3"]
         # --8<-- [end:nested]
 
