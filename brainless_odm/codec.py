@@ -7,8 +7,12 @@ one ``"_odm"`` key of bookkeeping that no field can collide with (Pydantic field
     {"channel_id": "c-1", "queue_id": 3, ..., "_odm": {"loc": "prague-1", "ch": ["state"], "w": "..."}}
 
 ``loc`` is the location of the writer, ``ch`` the fields that write changed (all of them on create),
-``w`` the write id (also sent as ``Nats-Msg-Id``), by which a node recognises its own write after an
-outcome it could not see. The key is the uuid, so the uuid is not repeated in the value.
+``new`` (``true``, on creates only) that the write created the document: the key held no document
+when it was sent (a node holding an older version knows from it that the document was deleted and
+created again since, even where the bucket no longer keeps the delete marker), ``w`` the write id
+(also sent as ``Nats-Msg-Id``, and always the last member), by which a node recognises its own
+write after an outcome it could not see. The key is the uuid, so the uuid is not repeated in the
+value.
 """
 
 from __future__ import annotations
@@ -25,32 +29,38 @@ if TYPE_CHECKING:
 
 D = TypeVar("D", bound="Document")
 
-__all__ = ["META_KEY", "decode", "decode_fields", "encode", "read_meta", "written_with"]
+__all__ = ["META_KEY", "decode", "decode_fields", "encode", "is_create", "read_meta", "written_with"]
 
 META_KEY = "_odm"
 _EXCLUDE_UUID = {"uuid"}
 
 
-def encode(doc: Document, *, location: str, changed: Iterable[str], write_id: str) -> bytes:
-    """The bytes stored for ``doc``."""
+def encode(
+    doc: Document, *, location: str, changed: Iterable[str], write_id: str, create: bool = False
+) -> bytes:
+    """The bytes stored for ``doc`` (``create``: by the write that creates it)."""
     body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=_EXCLUDE_UUID)
-    meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed))
+    meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed), create)
     meta += orjson.dumps(write_id) + b"}"
     if body == b"{}":
         return b'{"_odm":' + meta + b"}"
     return body[:-1] + b',"_odm":' + meta + b"}"
 
 
-_META_HEADS: dict[tuple[str, frozenset[str]], bytes] = {}
+_META_HEADS: dict[tuple[str, frozenset[str], bool], bytes] = {}
 
 
-def _meta_head(location: str, changed: frozenset[str]) -> bytes:
+def _meta_head(location: str, changed: frozenset[str], create: bool) -> bytes:
     """``{"loc":...,"ch":[...],"w":`` for one location and set of changed fields: the same few
     combinations recur for every write, so they are serialised once (bounded cache)."""
-    key = (location, changed)
+    key = (location, changed, create)
     head = _META_HEADS.get(key)
     if head is None:
-        head = orjson.dumps({"loc": location, "ch": sorted(changed), "w": None})[: -len(b"null}")]
+        meta: dict[str, Any] = {"loc": location, "ch": sorted(changed)}
+        if create:
+            meta["new"] = True
+        meta["w"] = None
+        head = orjson.dumps(meta)[: -len(b"null}")]
         if len(_META_HEADS) >= 4096:
             _META_HEADS.clear()
         _META_HEADS[key] = head
@@ -93,6 +103,14 @@ def read_meta(value: bytes) -> dict[str, Any]:
         return {}
     meta = data.get(META_KEY) if isinstance(data, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+def is_create(value: bytes) -> bool:
+    """Whether ``value`` is one :func:`encode` made for a create (no parsing: the bookkeeping is
+    the last member, and quotes inside JSON strings are escaped, so its ``"new":true`` cannot be
+    mistaken for a field's text)."""
+    at = value.rfind(b'"_odm":{')
+    return at >= 0 and value.find(b'"new":true', at) >= 0
 
 
 def written_with(value: bytes, write_id: str) -> bool:

@@ -477,6 +477,12 @@ class Collection(Generic[D]):
             if prior is not None and codec.written_with(entry.value, prior[0]):
                 self._landed(key, doc, entry)
                 return
+            if doc._odm_rev and codec.is_create(entry.value):
+                # Created after the version we hold: that one was deleted in between (the bucket
+                # keeps one revision a key, so this watch, behind or started again, may never see
+                # the marker). The delete wins over our edits; what follows is a new document.
+                self._remote_delete(key, doc)
+                doc = None
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
@@ -805,7 +811,9 @@ class Collection(Generic[D]):
                 if prior is not None:
                     # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
                     # duplicate window makes the retry a no-op if the first one did land.
-                    candidate = codec.encode(doc, location=location, changed=changed, write_id=prior[0])
+                    candidate = codec.encode(
+                        doc, location=location, changed=changed, write_id=prior[0], create=not doc._odm_rev
+                    )
                     if candidate == prior[1]:
                         write_id, value = prior[0], candidate
                     else:
@@ -820,7 +828,9 @@ class Collection(Generic[D]):
                         continue
                 if value is None:
                     write_id = self._write_id()
-                    value = codec.encode(doc, location=location, changed=changed, write_id=write_id)
+                    value = codec.encode(
+                        doc, location=location, changed=changed, write_id=write_id, create=not doc._odm_rev
+                    )
             except Exception as exc:
                 # A value Pydantic validated but cannot serialise (an ``Any`` field holding an
                 # arbitrary object): this document fails alone, still dirty; the round goes on.
@@ -997,6 +1007,11 @@ class Collection(Generic[D]):
             # stored are clean; anything edited since is still dirty and written next.
             self._landed(key, doc, entry)
             return True
+        if doc._odm_rev and meta.get("new") is True:
+            # Deleted and created again since the version we hold (see _apply_entry): the delete
+            # wins; the watch brings the new document.
+            self._remote_delete(key, doc)
+            return False
         if doc._odm_rev == 0:
             # The same uuid created elsewhere first: what we add counts as a change of every field.
             mark_dirty(doc, self.info.data_fields)

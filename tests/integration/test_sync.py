@@ -332,6 +332,33 @@ async def test_same_uuid_deleted_then_re_added_elsewhere(make_db: DbFactory) -> 
     assert objects(fresh)[key].priority == 2
 
 
+async def test_deleted_and_re_added_while_a_watch_was_behind_is_a_delete_for_it(make_db: DbFactory) -> None:
+    """With one revision a key, the re-add purges the delete marker: a watch behind (or started
+    again after a reconnect) sees only the new version. A's pending edit of the deleted document
+    was written into the new one, and A reported an update, not a delete."""
+    a = await make_db(flush_interval=3600)
+    b = await make_db(flush_interval=3600)
+    deleted: list[Call] = []
+    objects(a).on_delete(deleted.append)
+    doc = objects(a).add(channel_id="c-1", priority=1)
+    key = doc.uuid or ""
+    await a.flush()
+    await eventually(lambda: key in objects(b), what="the add on B")
+    coll = a.collection(Call)
+    await coll.stop_watch()
+    objects(b).delete(key)
+    await b.flush()
+    objects(b).add(uuid=key, channel_id="c-2")
+    await b.flush()
+    doc.note = "an edit of the deleted document"
+    coll.start_watch()
+    await eventually(lambda: deleted == [doc], what="A to see the delete")
+    await a.flush()
+    assert (objects(a)[key].channel_id, objects(a)[key].note) == ("c-2", "")
+    fresh = await make_db()
+    assert (objects(fresh)[key].channel_id, objects(fresh)[key].note) == ("c-2", "")
+
+
 async def test_same_uuid_created_on_two_nodes_converges(make_db: DbFactory) -> None:
     a = await make_db(flush_interval=3600)
     b = await make_db(flush_interval=3600)

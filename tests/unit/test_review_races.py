@@ -1350,3 +1350,43 @@ async def test_stop_timeout_also_names_what_failed_in_its_flush(make_db: DbFacto
     finally:
         g.release.set()
     assert {k for _, k, _ in info.value.failures} == {good.uuid, bad.uuid}
+
+
+@pytest.mark.parametrize("watching", [True, False], ids=["watch", "conflict"])
+async def test_deleted_and_created_again_under_the_same_uuid_is_a_delete_and_a_new_document(
+    nodes: Nodes, watching: bool
+) -> None:
+    """b deletes a document and creates another under its uuid (a uuid derived from a value),
+    while a edits the old one and a's watch is behind: the bucket keeps one revision a key, so
+    a never sees the delete marker. a's edit was written into the new document, and a reported
+    an update instead of a delete (found on a real nats-server)."""
+    a, b, store = nodes
+    deleted: list[Ticket] = []
+    changes: list[tuple[Ticket | None, Ticket]] = []
+    Ticket.objects.using(a).on_delete(deleted.append)
+    Ticket.objects.using(a).on_change(lambda old, new: changes.append((old, new)))
+    doc, remote = await shared(a, b, note="old")
+    key = doc.uuid or ""
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    Ticket.objects.using(b).delete(remote)
+    await b.flush()
+    Ticket.objects.using(b).add(uuid=key, note="new")
+    await b.flush()
+    doc.priority = 5  # an edit of the deleted document
+    if watching:
+        coll.start_watch()
+        await wait_for(lambda: coll.docs.get(key) is not doc, what="a to see it")
+    await a.flush()
+    await settle()
+    if not watching:
+        coll.start_watch()
+    await wait_for(lambda: key in Ticket.objects.using(a), what="a to hold the new document")
+    fresh = Ticket.objects.using(a)[key]
+    assert fresh is not doc
+    assert (fresh.note, fresh.priority) == ("new", 0)
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert (ticket.note, ticket.priority) == ("new", 0)
+    assert deleted == [doc]
+    assert [(old, new.note) for old, new in changes] == [(None, "new")]
