@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KEY_PATTERN", "Document", "DocumentInfo", "mark_dirty"]
 
+# Assignments started (see Document.__setattr__: whether one ran inside a validation).
+_ASSIGNING = [0]
+
 # What NATS KV accepts as a key (and therefore what a document uuid may be).
 KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
 RESERVED = frozenset({"uuid", "objects", "dirty_fields", "is_dirty", "delete"})
@@ -70,6 +73,9 @@ class DocumentInfo:
     # Fields whose in-place changes the class's own validators must see (field validators of the
     # field, or every field when there are model validators): checked on the whole document.
     validated: frozenset[str] = frozenset()
+    # Model validators that run before field validation: on assignment they may change other
+    # fields than the one assigned (after-validators assign, which is tracked by itself).
+    derives: bool = False
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -103,6 +109,13 @@ def _validated_fields(cls: type[BaseModel], data_fields: tuple[str, ...]) -> fro
     if "*" in names:
         return frozenset(data_fields)
     return frozenset(names) & frozenset(data_fields)
+
+
+def _derives(cls: type[BaseModel]) -> bool:
+    decorators = cls.__pydantic_decorators__
+    return bool(decorators.root_validators) or any(
+        d.info.mode in ("before", "wrap") for d in decorators.model_validators.values()
+    )
 
 
 def Annotated_of(annotation: Any, metadata: list[Any]) -> Any:
@@ -281,6 +294,7 @@ class DocumentMeta(ModelMetaclass):
             tracked=frozenset(tracked),
             fast_decode=config.get("extra") in (None, "ignore"),
             validated=_validated_fields(doc_cls, data_fields),
+            derives=_derives(doc_cls),
         )
         doc_cls.__odm__ = info
         for name in tracked:
@@ -379,29 +393,50 @@ class Document(BaseModel, metaclass=DocumentMeta):
             return
         old = d[name]
         before = coll.snapshot_for_events(self) if coll is not None else None
+        mine = 0
+        if info.derives:
+            _ASSIGNING[0] += 1
+            mine = _ASSIGNING[0]
         validate_assignment(self, name, value)  # raises: nothing changed
-        d = self.__dict__  # validate_assignment installs a new __dict__
-        new = d[name]
+        new_d = self.__dict__  # validate_assignment installs a new __dict__
+        new = new_d[name]
+        if info.derives and _ASSIGNING[0] == mine:  # (no assignment ran inside the validation)
+            derived = {n: new_d[n] for n in info.data_fields if n != name and new_d[n] is not d[n]}
+            if derived:
+                # A before-validator changed other fields too: all are tracked together (and
+                # checked for uniqueness before any is), from the old state.
+                object.__setattr__(self, "__dict__", d)
+                self._odm_set_many({name: new, **derived}, before)
+                return
         if same_value(old, new):
-            d[name] = old  # keep the tracked original; an equal value is no change
+            new_d[name] = old  # keep the tracked original; an equal value is no change
             return
         self._odm_assigned(coll, name, old, new, before)
 
     __setattr__._odm_guarded = True  # type: ignore[attr-defined]  # see _fieldsets
 
-    def _odm_set_validated(self, name: str, new: Any) -> None:
-        """Assign ``new``, already validated with the whole document (``QuerySet.update()``
-        validates every field it sets together, so no half-updated state meets a model validator)."""
+    def _odm_set_many(self, values: dict[str, Any], before: Any = None, *, snapshot: bool = False) -> None:
+        """Set values already validated with the whole document, together: ``QuerySet.update()``
+        (so no half-updated state meets a model validator) and what a model validator derived on
+        assignment. Unique fields are checked before anything changes (raises).
+        ``snapshot``: take ``before`` (for local ``on_change``) here."""
         d = self.__dict__
-        old = d[name]
-        if same_value(old, new):
+        changes = {n: v for n, v in values.items() if not same_value(d[n], v)}
+        if not changes:
             return
         coll = self._odm_coll
-        before = coll.snapshot_for_events(self) if coll is not None else None
-        unshare(self, name)
-        self.__pydantic_fields_set__.add(name)
-        object.__setattr__(self, "__dict__", {**d, name: new})  # a new one, as Pydantic's assignment
-        self._odm_assigned(coll, name, old, new, before)
+        if coll is not None:
+            coll.check_unique(self, changes)
+            if snapshot:
+                before = coll.snapshot_for_events(self)
+        for name in changes:
+            unshare(self, name)
+            self.__pydantic_fields_set__.add(name)
+        object.__setattr__(self, "__dict__", {**d, **changes})  # a new one, as Pydantic's assignment
+        last = len(changes) - 1
+        for i, (name, new) in enumerate(changes.items()):
+            # One change event, after the last field: the document is whole by then.
+            self._odm_assigned(coll, name, d[name], new, before if i == last else None)
 
     def _odm_assigned(self, coll: Collection[Any] | None, name: str, old: Any, new: Any, before: Any) -> None:
         """Field ``name`` now holds ``new`` (validated) instead of ``old``: track the change."""

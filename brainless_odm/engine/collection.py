@@ -193,6 +193,10 @@ class Collection(Generic[D]):
         return doc._odm_snapshot() if self._wants_change(True) else None
 
     # -- local changes -----------------------------------------------------------------------------
+    def check_unique(self, doc: D, values: dict[str, Any]) -> None:
+        """``UniqueViolation`` if ``doc`` taking ``values`` would share a unique value."""
+        self._check_unique(doc.uuid, values)
+
     def _check_unique(self, key: str | None, values: dict[str, Any]) -> None:
         for name in self.info.unique:
             value = values.get(name)

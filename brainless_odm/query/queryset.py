@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from .._tracking import same_value
+from ..engine.indexes import is_nan
 from ..exceptions import QueryError, UniqueViolation
 from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, resolve, resolve_path
 
@@ -248,24 +250,33 @@ class QuerySet(Generic[D]):
             values[name] = info.adapter(name).validate_python(value)
         docs = self._run()
         coll = self._manager.collection()
-        # Nothing matched: nothing changes, so no value can collide with another document's.
-        for name in info.unique if docs else ():
-            if name in values and values[name] is not None:
-                v = values[name]
-                keys = {d.uuid for d in docs}
-                if len(docs) > 1:
-                    raise UniqueViolation(coll.name, name, v)
-                others = set(coll.indexes[name].holders(v)) - keys
-                if others:
-                    raise UniqueViolation(coll.name, name, v, next(iter(others)))
         # Field and model validators see the whole document with every value set: check every
         # document before changing any, then set what was validated (assigning field by field
-        # would show a model validator half-updated documents).
+        # would show a model validator half-updated documents). What a model validator derived
+        # from the new values (another field) is set too.
         validate = model.__pydantic_validator__.validate_python
-        checked = [validate({**doc.__dict__, **values}).__dict__ for doc in docs]
-        for doc, new in zip(docs, checked, strict=True):
-            for name in values:
-                doc._odm_set_validated(name, new[name])
+        names = info.data_fields if info.validated else tuple(values)
+        changes = []
+        for doc in docs:
+            new = validate({**doc.__dict__, **values}).__dict__
+            changes.append({n: new[n] for n in names if n in values or new[n] is not doc.__dict__[n]})
+        # Unique values as validated (a validator may have converted them), before any changes:
+        # a value may go to one document, whose holder (if any) gives it up in this update.
+        for name in info.unique:
+            after = {d.uuid: c.get(name, d.__dict__[name]) for d, c in zip(docs, changes, strict=True)}
+            taken: dict[Any, str | None] = {}
+            for doc, change in zip(docs, changes, strict=True):
+                v = change.get(name)
+                if v is None or is_nan(v) or same_value(v, doc.__dict__[name]):
+                    continue
+                if v in taken:
+                    raise UniqueViolation(coll.name, name, v, taken[v])
+                taken[v] = doc.uuid
+                for holder in coll.indexes[name].holders(v):
+                    if holder != doc.uuid and (holder not in after or same_value(after[holder], v)):
+                        raise UniqueViolation(coll.name, name, v, holder)
+        for doc, change in zip(docs, changes, strict=True):
+            doc._odm_set_many(change, snapshot=True)
         return len(docs)
 
     if TYPE_CHECKING:
