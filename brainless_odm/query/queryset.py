@@ -261,9 +261,9 @@ class QuerySet(Generic[D]):
             new = validate({**doc.__dict__, **values}).__dict__
             changes.append({n: new[n] for n in names if n in values or new[n] is not doc.__dict__[n]})
         # Unique values as validated (a validator may have converted them), before any changes:
-        # a value may go to one document, whose holder (if any) gives it up in this update.
+        # a new value goes to one document, and may not be held by another (not even one this
+        # update moves off it: documents change one after the other, as assignments would).
         for name in info.unique:
-            after = {d.uuid: c.get(name, d.__dict__[name]) for d, c in zip(docs, changes, strict=True)}
             taken: dict[Any, str | None] = {}
             for doc, change in zip(docs, changes, strict=True):
                 v = change.get(name)
@@ -273,7 +273,7 @@ class QuerySet(Generic[D]):
                     raise UniqueViolation(coll.name, name, v, taken[v])
                 taken[v] = doc.uuid
                 for holder in coll.indexes[name].holders(v):
-                    if holder != doc.uuid and (holder not in after or same_value(after[holder], v)):
+                    if holder != doc.uuid:
                         raise UniqueViolation(coll.name, name, v, holder)
         for doc, change in zip(docs, changes, strict=True):
             doc._odm_set_many(change, snapshot=True)

@@ -98,3 +98,6 @@ async def test_update_checks_unique_values_as_validated_before_any_change(make_d
     with pytest.raises(UniqueViolation):
         await objects.filter(k__in=["b", "c"]).update(k="Z")  # both would hold "z"
     assert (d2.k, d3.k) == ("b", "c")
+    with pytest.raises(UniqueViolation):  # "c" as validated: held by d3
+        await objects.filter(k="b").update(k="C")
+    assert (d2.k, d3.k) == ("b", "c")
