@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator
+from collections import abc
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sized
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .._tracking import same_value
@@ -108,12 +110,13 @@ class QuerySet(Generic[D]):
         return self._clone(offset=n)
 
     # -- running -----------------------------------------------------------------------------------
-    def _plan(self, coll: Collection[D]) -> tuple[list[D], Node | None]:
-        """The documents that can match (from the most selective index, or all of them) and what
-        is left to check on them: a condition the index answered exactly is not checked again."""
+    def _plan(self, coll: Collection[D]) -> tuple[Iterable[D], Node | None]:
+        """The documents that can match (from the most selective index, or all of them; consumed
+        before anything can change them) and what is left to check on them: a condition the index
+        answered exactly is not checked again."""
         node = self._node
         if node is None:
-            return list(coll.docs.values()), None
+            return coll.docs.values(), None
         conjuncts: list[Node] = []
         stack: list[Node] = [node]
         while stack:
@@ -140,7 +143,14 @@ class QuerySet(Generic[D]):
             elif op == "isnull" and c.value is True:
                 keys = idx.holders(None)
             elif op == "in":
-                keys = set().union(*(idx.holders(v) for v in c.value)) if c.value else ()
+                # Counted first (the values' holders do not overlap); joined only if it wins.
+                parts = [idx.holders(v) for v in c.value]
+                size = sum(map(len, parts))
+                if size < best_size:
+                    best, best_cond, best_size = parts, c, size
+                    if size == 0:
+                        break
+                continue
             elif op in ("lt", "lte", "gt", "gte", "range"):
                 if op == "range":
                     bounds = idx.bounds(c.value[0], c.value[1])
@@ -161,8 +171,10 @@ class QuerySet(Generic[D]):
                 best, best_cond, best_size = idx.keys_between(lo, hi), c, hi - lo
         docs = coll.docs
         if best is None:
-            return list(docs.values()), node
-        found = [docs[k] for k in best if k in docs]
+            return docs.values(), node
+        if best_cond is not None and best_cond.op == "in":
+            best = set().union(*best) if len(best) != 1 else best[0]
+        found = _Held(best, docs)
         rest = [n for n in conjuncts if n is not best_cond]
         if not rest:
             return found, None
@@ -170,22 +182,23 @@ class QuerySet(Generic[D]):
 
     def _run(self) -> list[D]:
         coll = self._manager.collection()
-        docs, rest = self._plan(coll)
-        if rest is not None:
-            pred = rest.predicate()
-            docs = [d for d in docs if pred(d)]
-        if self._order:
-            for get, desc, _ in reversed(self._order):
-                try:
-                    docs.sort(key=_sort_key(get), reverse=desc)
-                except TypeError:
-                    # Values of several types that do not compare (a field typed int | str):
-                    # by type name first, so the sort is still total and stable; values of one
-                    # type that do not compare (a naive and an aware datetime, two dicts in an
-                    # Any field) by their repr.
-                    docs.sort(key=_lenient_sort_key(get), reverse=desc)
+        candidates, rest = self._plan(coll)
+        matches = candidates if rest is None else filter(rest.predicate(), candidates)
         start = self._offset
         stop = None if self._limit is None else start + self._limit
+        if not self._order:
+            # Without an order the first matches are the answer: stop there (exists(), first()).
+            return list(matches if stop is None and not start else islice(matches, start, stop))
+        docs = list(matches)
+        for get, desc, _ in reversed(self._order):
+            try:
+                docs.sort(key=_sort_key(get), reverse=desc)
+            except TypeError:
+                # Values of several types that do not compare (a field typed int | str): by
+                # type name first, so the sort is still total and stable; values of one type
+                # that do not compare (a naive and an aware datetime, two dicts in an Any
+                # field) by their repr.
+                docs.sort(key=_lenient_sort_key(get), reverse=desc)
         if start or stop is not None:
             return docs[start:stop]
         return docs
@@ -205,7 +218,12 @@ class QuerySet(Generic[D]):
 
     async def count(self) -> int:
         """How many documents match (after offset/limit)."""
-        return len(self._run())
+        # Counted without listing them; the order does not change how many.
+        candidates, rest = self._plan(self._manager.collection())
+        matches = candidates if rest is None else filter(rest.predicate(), candidates)
+        total = len(matches) if isinstance(matches, Sized) else sum(1 for _ in matches)
+        n = max(0, total - self._offset)
+        return n if self._limit is None else min(n, self._limit)
 
     async def exists(self) -> bool:
         """Whether any document matches."""
@@ -286,6 +304,24 @@ class QuerySet(Generic[D]):
 
         def __iter__(self):
             raise TypeError("a QuerySet is awaited (`await qs`) or iterated with `async for`")
+
+
+class _Held:
+    """The documents an index holds under ``keys``: counted without being listed (``count()``),
+    read when iterated (a collection's index and documents change together)."""
+
+    __slots__ = ("docs", "keys")
+
+    def __init__(self, keys: abc.Collection[str], docs: dict[str, Any]) -> None:
+        self.keys = keys
+        self.docs = docs
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[Any]:
+        docs = self.docs
+        return (docs[k] for k in self.keys if k in docs)
 
 
 def _sort_key(get: Any) -> Any:

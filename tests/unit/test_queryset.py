@@ -329,6 +329,27 @@ async def test_count_exists_first(db: Database) -> None:
     assert await objects.find(channel_id="zz") is None
 
 
+async def test_count_exists_and_first_agree_with_the_listed_matches(db: Database) -> None:
+    """count() counts without listing, exists()/first() stop at the first match, and an ``in``
+    that another index beats is not joined: each must answer what listing the matches does."""
+    objects = Call.objects.using(db)
+    querysets = [
+        objects.filter(state="waiting"),
+        objects.filter(state__in=["waiting", "done"], queue_id=1),
+        objects.filter(queue_id__in=[1, 2, 3], state="waiting"),
+        objects.filter(priority__gt=0),
+        objects.filter(state="nope"),
+        objects.filter(),
+    ]
+    for qs in querysets:
+        for shaped in (qs, qs.order_by("-priority"), qs.offset(1), qs.limit(2), qs.offset(1).limit(1)):
+            listed = await shaped
+            assert await shaped.count() == len(listed), shaped
+            assert await shaped.exists() == bool(listed)
+            first = await shaped.first()
+            assert first is (listed[0] if listed else None)
+
+
 async def test_get(db: Database) -> None:
     objects = Call.objects.using(db)
     one = await objects.get(channel_id="c3")
