@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..exceptions import QueryError
 from .lookups import Q
@@ -208,13 +208,8 @@ class ObjectsDescriptor:
     def __init__(self) -> None:
         self._managers: dict[type[Any], Manager[Any]] = {}
 
-    @overload
-    def __get__(self, instance: None, owner: type[D]) -> Manager[D]: ...
-
-    @overload
-    def __get__(self, instance: D, owner: type[D]) -> Manager[D]: ...
-
-    def __get__(self, instance: Any, owner: type[D]) -> Manager[D]:
+    # Typed for the class only: `Call().objects` is a type error, as it is one at run time.
+    def __get__(self, instance: None, owner: type[D]) -> Manager[D]:
         if instance is not None:
             raise AttributeError(f"objects is reached through the class: {owner.__name__}.objects")
         manager = self._managers.get(owner)

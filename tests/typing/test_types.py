@@ -81,3 +81,5 @@ async def test_types() -> None:
         with pytest.raises(TypeError):
             for _ in qs:  # type: ignore[misc]
                 pass
+        with pytest.raises(AttributeError):
+            _ = added.objects  # type: ignore[arg-type]  # through the class only
