@@ -11,12 +11,16 @@ It is one ``Database`` kept here; ``Call.objects`` finds it through the usual de
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .database import Database
 from .document import Document
 from .exceptions import DatabaseError
 from .registry import Registry
+from .store.base import KVStore
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 __all__ = ["flush", "get_database", "setup", "stop"]
 
@@ -24,7 +28,7 @@ _db: Database | None = None
 
 
 async def setup(
-    nc: Any = None,
+    nc: NatsClient | KVStore | None = None,
     *,
     namespace: str = "default",
     location: str = "local",

@@ -27,6 +27,7 @@ from .store.memory import MemoryStore
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from nats.aio.client import Client as NatsClient
     from typing_extensions import Self
 
 __all__ = ["Database", "DeadLetter"]
@@ -144,7 +145,7 @@ class Database:
 
     def __init__(
         self,
-        nc: Any = None,
+        nc: NatsClient | KVStore | None = None,
         *,
         namespace: str = "default",
         location: str = "local",

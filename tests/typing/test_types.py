@@ -83,3 +83,5 @@ async def test_types() -> None:
                 pass
         with pytest.raises(AttributeError):
             _ = added.objects  # type: ignore[arg-type]  # through the class only
+        with pytest.raises(TypeError):
+            Database("nats://127.0.0.1:4222")  # type: ignore[arg-type]  # a client, not a URL
