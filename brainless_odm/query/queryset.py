@@ -180,10 +180,13 @@ class QuerySet(Generic[D]):
             return found, None
         return found, rest[0] if len(rest) == 1 else And(tuple(rest))
 
+    def _matches(self) -> Iterable[D]:
+        """Every match, unordered; consumed before anything can change the collection."""
+        candidates, rest = self._plan(self._manager.collection())
+        return candidates if rest is None else filter(rest.predicate(), candidates)
+
     def _run(self) -> list[D]:
-        coll = self._manager.collection()
-        candidates, rest = self._plan(coll)
-        matches = candidates if rest is None else filter(rest.predicate(), candidates)
+        matches = self._matches()
         start = self._offset
         stop = None if self._limit is None else start + self._limit
         if not self._order:
@@ -219,8 +222,7 @@ class QuerySet(Generic[D]):
     async def count(self) -> int:
         """How many documents match (after offset/limit)."""
         # Counted without listing them; the order does not change how many.
-        candidates, rest = self._plan(self._manager.collection())
-        matches = candidates if rest is None else filter(rest.predicate(), candidates)
+        matches = self._matches()
         total = len(matches) if isinstance(matches, Sized) else sum(1 for _ in matches)
         n = max(0, total - self._offset)
         return n if self._limit is None else min(n, self._limit)

@@ -860,3 +860,71 @@ async def test_a_stopped_node_applies_nothing_more(make_db: DbFactory) -> None:
     assert {d.uuid: d.model_dump() for d in held} == seen
     assert all(d._odm_coll is None for d in held)
     assert len(objects(await make_db())) == 110  # the writes did land
+
+
+class _HeldWrites:
+    """A's bucket, whose writes wait for ``release``: before reaching the server (``before``: they
+    never land, the flush gives up) or after (they land, their answers wait)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.hold: str | None = None
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, ops: Any) -> Any:
+        if self.hold == "before":
+            await self.release.wait()
+        results = await self.inner.write(ops)
+        if self.hold == "after":
+            await self.release.wait()
+        return results
+
+
+async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change(make_db: DbFactory) -> None:
+    """A's write of ``state`` never lands and A gives up on it; B then sets the note ("b"). A's
+    next flush sends the lost write again (a probe), which lands now with the old note: A owes B's
+    note back. Before A writes it, B changes the note again ("b2", acknowledged). A wrote "b" over
+    it: it took the note it only had to put back for an edit of its own (found by a review with a
+    frozen and restarted server)."""
+    a = await make_db(flush_interval=3600)
+    b = await make_db(flush_interval=3600)
+    doc = objects(a).add(channel_id="c-1", note="")
+    key = doc.uuid or ""
+    await a.flush()
+    await eventually(lambda: key in objects(b), what="the add on B")
+    remote = objects(b)[key]
+    coll = a.collection(Call)
+    held = _HeldWrites(coll.bucket)
+    coll.bucket = held  # type: ignore[assignment]
+    held.hold = "before"
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.3)
+    held.hold = None
+    assert coll.unknown
+    remote.note = "b"
+    await b.flush()
+    await eventually(lambda: doc.note == "b", what="A to take B's note")
+    doc.priority = 8  # an edit of A's: the next flush sends the lost write first
+    held.release = asyncio.Event()
+    held.hold = "after"
+    flushing = asyncio.ensure_future(a.flush())
+    try:
+        await eventually(lambda: not coll.unknown, what="A to see its probe land")
+        await eventually(lambda: remote.note == "", what="B to see the probe's stale note")
+        remote.note = "b2"
+        await b.flush()
+        revision = remote._odm_rev
+        await eventually(lambda: coll.applied >= revision, what="A's watch to bring B's note")
+    finally:
+        held.hold = None
+        held.release.set()
+        await flushing
+    await a.flush()
+    fresh = await make_db()
+    stored = objects(fresh)[key]
+    assert (stored.state, stored.note, stored.priority) == ("a", "b2", 8)
+    await eventually(lambda: (doc.note, remote.priority) == ("b2", 8), what="A and B to converge")
