@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from . import __version__
 from .codec import META_KEY
 from .config import DocumentConfig
 from .database import DEAD_LETTERS, DeadLetter
@@ -74,6 +75,27 @@ dead_letters_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"brainless-odm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Look at and operate on brainless_odm data in NATS JetStream KV."""
 
 
 class CliError(Exception):

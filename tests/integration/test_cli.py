@@ -99,6 +99,18 @@ def test_help(args: list[str]) -> None:
             assert option in proc.stdout
 
 
+def test_version() -> None:
+    """One version, written once in the package, reported by the command and the installed metadata."""
+    from importlib.metadata import version
+
+    import brainless_odm
+
+    proc = subprocess.run([*CLI, "--version"], env=_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"brainless-odm {brainless_odm.__version__}"
+    assert version("brainless-odm") == brainless_odm.__version__
+
+
 # -- commands against a real server -----------------------------------------------------------
 
 
