@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..exceptions import QueryError
 from .lookups import Q
@@ -118,6 +118,10 @@ class Manager(Generic[D]):
         """Every document."""
         return list(self.collection().docs.values())
 
+    @overload
+    async def get(self, uuid: str, /) -> D: ...
+    @overload
+    async def get(self, *qs: Q, **lookups: Any) -> D: ...
     async def get(self, *args: str | Q, **lookups: Any) -> D:
         """The one document with that uuid (``get(uuid)``) or matching the lookups.
 

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import pytest
 
-from brainless_odm import Database, Document, DocumentConfig, Indexed, Manager, Q, QuerySet, Registry, Unique
+from brainless_odm import (
+    Database,
+    Document,
+    DocumentConfig,
+    Indexed,
+    Manager,
+    Q,
+    QueryError,
+    QuerySet,
+    Registry,
+    Unique,
+)
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
@@ -85,3 +96,5 @@ async def test_types() -> None:
             _ = added.objects  # type: ignore[arg-type]  # through the class only
         with pytest.raises(TypeError):
             Database("nats://127.0.0.1:4222")  # type: ignore[arg-type]  # a client, not a URL
+        with pytest.raises(QueryError):
+            await objects.get(added.uuid or "", priority=1)  # type: ignore[call-overload]  # one or the other
