@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import abc
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sized
 from itertools import islice
@@ -193,9 +194,11 @@ class QuerySet(Generic[D]):
             # Without an order the first matches are the answer: stop there (exists(), first()).
             return list(matches if stop is None and not start else islice(matches, start, stop))
         docs = list(matches)
-        for get, desc, _ in reversed(self._order):
+        last = len(self._order) - 1
+        for i, (get, desc, _) in enumerate(reversed(self._order)):
             try:
-                docs.sort(key=_sort_key(get), reverse=desc)
+                # The primary key (sorted last) only has to place the first `stop` documents.
+                docs = _sorted(docs, get, desc, stop if i == last else None)
             except TypeError:
                 # Values of several types that do not compare (a field typed int | str): by
                 # type name first, so the sort is still total and stable; values of one type
@@ -326,17 +329,36 @@ class _Held:
         return (docs[k] for k in self.keys if k in docs)
 
 
-def _sort_key(get: Any) -> Any:
-    # None first; a float NaN, which compares with nothing, after every number (as in PostgreSQL).
-    def key(doc: Any) -> tuple[int, Any]:
+def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
+    """``docs`` in a stable order of ``get(doc)``: ``None`` first, a float NaN (which compares with
+    nothing) after every number, as in PostgreSQL; reversed when ``desc``. With ``stop``, only the
+    first ``stop`` documents are returned.
+
+    The values are sorted on their own, not as ``(rank, value)`` tuples: a list of ints or strs
+    sorts through CPython's compare fast path, several times faster than tuples do.
+    """
+    nones: list[D] = []
+    nans: list[D] = []
+    rest: list[D] = []
+    keys: list[Any] = []
+    for doc in docs:
         v = get(doc)
         if v is None:
-            return (0, 0)
-        if type(v) is float and v != v:
-            return (2, 0)
-        return (1, v)
-
-    return key
+            nones.append(doc)
+        elif type(v) is float and v != v:
+            nans.append(doc)
+        else:
+            rest.append(doc)
+            keys.append(v)
+    head, tail = (nans, nones) if desc else (nones, nans)
+    at = keys.__getitem__
+    want = None if stop is None else stop - len(head)
+    if want is not None and want * 8 < len(rest):
+        # A few from many (order_by + limit): a heap, stable like the sort it stands for.
+        pick = (heapq.nlargest if desc else heapq.nsmallest)(max(want, 0), range(len(rest)), key=at)
+    else:
+        pick = sorted(range(len(rest)), key=at, reverse=desc)
+    return [*head, *(rest[i] for i in pick), *tail]
 
 
 class _Lenient:
