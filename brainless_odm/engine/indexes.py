@@ -5,7 +5,9 @@ A hash index (value → set of keys) answers equality and ``in``; a sorted list 
 so is a float NaN, which no lookup matches (it equals nothing, itself included, and compares with
 nothing: in the sorted list it would break the order every lookup bisects).
 Values that cannot be ordered against the others (a field typed ``int | str`` holding both) make
-the sorted part give up: range lookups on that field then scan, and still answer correctly.
+the sorted part give up: range lookups on that field then scan, and still answer correctly. Once
+some value has been removed, the next range lookup tries to build it again: when the value that
+did not compare is gone, the index serves range lookups again.
 
 The sorted part is built on the first range lookup of its field and maintained from then on: most
 indexed fields are only ever compared for equality, and for them it would cost memory (a tuple per
@@ -30,7 +32,7 @@ def is_nan(value: Any) -> bool:
 class FieldIndex:
     """Hash + sorted index of one field."""
 
-    __slots__ = ("field", "hash", "orderable", "sorted", "unique")
+    __slots__ = ("field", "hash", "orderable", "retry", "sorted", "unique")
 
     def __init__(self, field: str, *, unique: bool = False) -> None:
         self.field = field
@@ -38,6 +40,7 @@ class FieldIndex:
         self.hash: dict[Any, str | set[str]] = {}
         self.sorted: SortedList | None = None  # built on the first range lookup
         self.orderable = True  # False once values turned out not to be mutually comparable
+        self.retry = False  # not orderable, but a value was removed since: worth another build
 
     def _build_sorted(self) -> SortedList | None:
         pairs: list[tuple[Any, str]] = []
@@ -116,8 +119,11 @@ class FieldIndex:
                     h[value] = next(iter(held))
                 elif not held:
                     del h[value]
-        if value is not None and self.sorted is not None and not is_nan(value):
-            self.sorted.discard((value, key))
+        if self.sorted is not None:
+            if value is not None and not is_nan(value):
+                self.sorted.discard((value, key))
+        elif not self.orderable:
+            self.retry = True
 
     def holders(self, value: Any) -> Collection[str]:
         """Keys whose value equals ``value``."""
@@ -139,7 +145,9 @@ class FieldIndex:
         s = self.sorted
         if s is None:
             if not self.orderable:
-                return None
+                if not self.retry:
+                    return None
+                self.orderable, self.retry = True, False
             s = self._build_sorted()
             if s is None:
                 return None

@@ -325,3 +325,29 @@ async def test_range_on_values_that_do_not_order_falls_back_to_a_scan(make_db: D
     assert [d.code for d in await objects.filter(code__gt=1)] == [3]
     assert [d.code for d in await objects.filter(code__gte="a")] == ["a", "b"]
     assert db.collection(Mixed).indexes["code"].orderable is False
+
+
+async def test_sorted_index_recovers_once_the_value_that_did_not_order_is_gone(make_db: DbFactory) -> None:
+    db = await make_db(Mixed)
+    objects = Mixed.objects.using(db)
+    docs = [objects.add(code=code) for code in (1, "a", 3, 2)]
+    index = db.collection(Mixed).indexes["code"]
+    assert [d.code for d in await objects.filter(code__gt=1)] == [3, 2]
+    assert index.orderable is False
+    assert index.sorted is None
+    # Lookups after an add alone do not retry: the value that did not compare is still there.
+    objects.add(code=5)
+    assert [d.code for d in await objects.filter(code__gt=2)] == [3, 5]
+    assert index.sorted is None
+    docs[1].code = 4  # the str goes (a removal from the index), an int comes
+    assert sorted(d.code for d in await objects.filter(code__gt=2)) == [3, 4, 5]
+    assert index.orderable is True
+    assert index.sorted is not None
+    assert len(index.sorted) == 5
+    # It follows changes again, and gives up again when a str comes back.
+    objects.delete(docs[0])
+    assert [d.code for d in await objects.filter(code__lt=3)] == [2]
+    objects.add(code="z")
+    assert index.sorted is None
+    assert index.orderable is False
+    assert [d.code for d in await objects.filter(code__lt=3)] == [2]
