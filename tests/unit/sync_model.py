@@ -19,7 +19,9 @@ Every version the bucket stores is recorded, so what is checked is the history, 
 * nothing is reverted: a version changes only the fields its ``_odm.ch`` names, the others are the
   previous version's (a create names them all). The one allowed exception is a write of unknown
   outcome sent again as it was (see ``Collection._build_ops``): it may land over a later version,
-  and the version after it then writes every field it stored stale;
+  and the version after it then writes every field it stored stale. Nor does a version that names a
+  field put back an assigned value stored before, unless it repairs what such a probe overwrote
+  and no version has changed that field since the probe;
 * nothing is applied twice: a value assigned on a node is written by that node once (a retry of a
   write that had landed would undo what another node wrote in between), except by a write that puts
   the last good version back over an unreadable one (one made on that unreadable revision, sent
@@ -449,10 +451,16 @@ def check_history(world: World) -> None:
     applied: set[tuple[str, Any]] = set()
     poisoned: set[str] = set()
     unreadable = {e.revision for e in world.history if e.operation is Operation.PUT and not readable(e)}
+    # Per key: the assigned values of a and b stored so far, and the values a write sent again as
+    # it was (a probe) overwrote, which a later version may put back until a version names them.
+    stored: dict[str, set[tuple[str, Any]]] = {}
+    repairable: dict[str, dict[str, Any]] = {}
     for e in world.history:
         if e.operation is not Operation.PUT:
             previous[e.key] = None
             poisoned.discard(e.key)
+            stored.pop(e.key, None)
+            repairable.pop(e.key, None)
             continue
         if not readable(e):
             poisoned.add(e.key)
@@ -473,15 +481,36 @@ def check_history(world: World) -> None:
                 assert made not in applied, f"revision {e.revision}: {loc} wrote {made} a second time"
                 applied.add(made)
         before = previous.get(e.key)
+        probe = world.sent.get(write_id, 0) >= 2  # a write sent again as it was (see the docstring)
+        seen = stored.setdefault(e.key, set())
+        repair = repairable.setdefault(e.key, {})
         if before is None:
             assert ch == set(FIELDS), f"revision {e.revision}: a create of {e.key} that names only {ch}"
-        elif world.sent.get(write_id, 0) < 2:  # else a write sent again as it was (see the docstring)
+            seen.clear()
+            repair.clear()
+        elif not probe:
             for name in FIELDS:
                 if name not in ch:
                     assert data[name] == before[name], (
                         f"revision {e.revision} of {e.key} reverted {name}: {before[name]!r} -> "
                         f"{data[name]!r} (it changed only {sorted(ch)})"
                     )
+            for name in ("a", "b"):
+                made = (name, data[name])
+                if name in ch and made in world.origin and made in seen and not restore:
+                    # An assigned value stored before and written again: only as the repair of
+                    # what a probe overwrote, and only until a version changed that field since.
+                    event("history: an older value put back by a repair")
+                    assert repair.get(name, made) == data[name], (
+                        f"revision {e.revision} of {e.key} by {loc} put an older {name} back: "
+                        f"{before[name]!r} -> {data[name]!r}"
+                    )
+            for name in ch:
+                repair.pop(name, None)
+        else:
+            event("history: a probe landed over a version")
+            repair.update({n: before[n] for n in ("a", "b") if data[n] != before[n]})
+        seen.update((n, data[n]) for n in ("a", "b"))
         previous[e.key] = data
 
 
