@@ -9,7 +9,10 @@ one ``"_odm"`` key of bookkeeping that no field can collide with (Pydantic field
 ``loc`` is the location of the writer, ``ch`` the fields that write changed (all of them on create),
 ``new`` (``true``, on creates only) that the write created the document: the key held no document
 when it was sent (a node holding an older version knows from it that the document was deleted and
-created again since, even where the bucket no longer keeps the delete marker), ``w`` the write id
+created again since, even where the bucket no longer keeps the delete marker), ``on`` the revision
+the write's compare-and-set expected (the version it was made on: a node whose write had an unknown
+outcome learns from another node's version made on the same one that its own cannot have landed
+before it, and never will), ``w`` the write id
 (also sent as ``Nats-Msg-Id``, and always the last member), by which a node recognises its own
 write after an outcome it could not see. The key is the uuid, so the uuid is not repeated in the
 value.
@@ -29,19 +32,38 @@ if TYPE_CHECKING:
 
 D = TypeVar("D", bound="Document")
 
-__all__ = ["META_KEY", "decode", "decode_fields", "encode", "is_create", "read_meta", "written_with"]
+__all__ = [
+    "META_KEY",
+    "decode",
+    "decode_fields",
+    "encode",
+    "is_create",
+    "made_on",
+    "read_meta",
+    "with_on",
+    "written_with",
+]
 
 META_KEY = "_odm"
 _EXCLUDE_UUID = {"uuid"}
 
 
 def encode(
-    doc: Document, *, location: str, changed: Iterable[str], write_id: str, create: bool = False
+    doc: Document,
+    *,
+    location: str,
+    changed: Iterable[str],
+    write_id: str,
+    create: bool = False,
+    on: int | None = None,
 ) -> bytes:
-    """The bytes stored for ``doc`` (``create``: by the write that creates it)."""
+    """The bytes stored for ``doc`` (``create``: by the write that creates it; ``on``: the
+    revision its compare-and-set expects)."""
     body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=_EXCLUDE_UUID)
     meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed), create)
-    meta += orjson.dumps(write_id) + b"}"
+    if on is not None:
+        meta += b'"on":%d,' % on
+    meta += b'"w":' + orjson.dumps(write_id) + b"}"
     if body == b"{}":
         return b'{"_odm":' + meta + b"}"
     return body[:-1] + b',"_odm":' + meta + b"}"
@@ -51,7 +73,7 @@ _META_HEADS: dict[tuple[str, frozenset[str], bool], bytes] = {}
 
 
 def _meta_head(location: str, changed: frozenset[str], create: bool) -> bytes:
-    """``{"loc":...,"ch":[...],"w":`` for one location and set of changed fields: the same few
+    """``{"loc":...,"ch":[...],`` for one location and set of changed fields: the same few
     combinations recur for every write, so they are serialised once (bounded cache)."""
     key = (location, changed, create)
     head = _META_HEADS.get(key)
@@ -59,8 +81,7 @@ def _meta_head(location: str, changed: frozenset[str], create: bool) -> bytes:
         meta: dict[str, Any] = {"loc": location, "ch": sorted(changed)}
         if create:
             meta["new"] = True
-        meta["w"] = None
-        head = orjson.dumps(meta)[: -len(b"null}")]
+        head = orjson.dumps(meta)[:-1] + b","
         if len(_META_HEADS) >= 4096:
             _META_HEADS.clear()
         _META_HEADS[key] = head
@@ -111,6 +132,23 @@ def is_create(value: bytes) -> bool:
     mistaken for a field's text)."""
     at = value.rfind(b'"_odm":{')
     return at >= 0 and value.find(b'"new":true', at) >= 0
+
+
+def made_on(value: bytes) -> int | None:
+    """The ``on`` of a stored value (the revision its write expected), ``None`` without one."""
+    on = read_meta(value).get("on")
+    return on if type(on) is int else None
+
+
+def with_on(value: bytes, on: int) -> bytes:
+    """``value`` (one :func:`encode` made with an ``on``) claiming ``on`` instead: the same write
+    sent again on another revision says which one (its fields and id stay as they were). The
+    bookkeeping is the last member, so the last ``"on":`` is its own."""
+    at = value.rfind(b'"on":')
+    if at < 0:
+        return value
+    end = value.index(b",", at)
+    return value[:at] + b'"on":%d' % on + value[end:]
 
 
 def written_with(value: bytes, write_id: str) -> bool:

@@ -162,6 +162,14 @@ class Collection(Generic[D]):
         # merged with that write's fields protected, it is merged again once the write turns out
         # to have landed before it.
         self.shadow: dict[str, tuple[int, D]] = {}
+        # Key in ``unknown`` -> the highest revision any attempt of that write expected. Every
+        # version applied since carries the revision its own write expected (``_odm.on``): while
+        # each is the one held before it, the versions since the write are all known and none is
+        # ours, so once one is past every attempt's revision the write cannot have landed, nor
+        # ever will (its compare-and-set is older). A key in ``unknown_gap`` met a version that
+        # broke that chain (a skipped version, a write by another tool): no proof, it is probed.
+        self.unknown_on: dict[str, int] = {}
+        self.unknown_gap: set[str] = set()
         self.applied = 0  # the last revision applied from the bucket
         self.watch_task: asyncio.Task[None] | None = None
         self._write_ids = itertools.count(1)
@@ -474,6 +482,9 @@ class Collection(Generic[D]):
                 # entry) must be applied, or we would keep our value while everyone has the later one.
                 del self.inflight_ids[key]
                 self.restoring.pop(key, None)
+                prior = self.unknown.get(key)
+                if prior is not None and prior[0] == write_id:
+                    self._forget_unknown(key)  # a write of unknown outcome sent again: it landed
                 _slot_rev(doc, entry.revision)
                 _slot_inflight(doc, _NONE)
                 return
@@ -490,6 +501,8 @@ class Collection(Generic[D]):
         try:
             remote = codec.decode(self.cls, key, entry.value)
         except Exception as exc:
+            if key in self.unknown:
+                self.unknown_gap.add(key)  # what it was made on cannot be read
             if doc is not None:
                 # It replaced a document we hold: the last good version goes back over it (a CAS
                 # on the unreadable revision), so the document survives on every node. Fields
@@ -523,6 +536,7 @@ class Collection(Generic[D]):
             # is a change of every field, written over theirs (as on a conflict, see _resolve).
             mark_dirty(doc, self.info.data_fields)
         if key in self.unknown:
+            self._follow_chain(key, doc, entry.value)
             self.shadow[key] = (entry.revision, remote)
             self._merge(doc, remote, entry.revision, stored=entry.value)
         else:
@@ -576,7 +590,29 @@ class Collection(Generic[D]):
     def _forget_unknown(self, key: str) -> bool:
         """The outcome of ``key``'s write is known (or no longer matters); True if it was unknown."""
         self.shadow.pop(key, None)
+        self.unknown_on.pop(key, None)
+        self.unknown_gap.discard(key)
         return self.unknown.pop(key, None) is not None
+
+    def _follow_chain(self, key: str, doc: D, value: bytes) -> None:
+        """A version not ours arrives for ``key``, whose write's outcome is unknown: it keeps the
+        chain of known versions (see ``unknown_on``) if it was made on the one held."""
+        if codec.made_on(value) != (doc._odm_rev or self.base.get(key, 0)):
+            self.unknown_gap.add(key)
+
+    def _unknown_sent(self, key: str, doc: D, op: WriteOp) -> None:
+        """``op`` (a write of ``doc``) may have landed or not: remember it as unknown."""
+        if key not in self.unknown and (doc._odm_rev or self.base.get(key, 0)) != op.expected_revision:
+            self.unknown_gap.add(key)  # versions applied while it was in flight: not followed
+        assert op.msg_id is not None
+        assert op.value is not None
+        self.unknown[key] = (op.msg_id, op.value)
+        self.unknown_on[key] = max(self.unknown_on.get(key, 0), op.expected_revision or 0)
+
+    def _cannot_have_landed(self, key: str, expected: int) -> bool:
+        """Whether every version since ``key``'s write of unknown outcome is known, none is ours,
+        and the latest is past every revision an attempt of it expected (see ``unknown_on``)."""
+        return key not in self.unknown_gap and expected > self.unknown_on.get(key, expected)
 
     def _merge_again(self, doc: D, shadow: tuple[int, D]) -> None:
         """Our write of unknown outcome landed *before* the remote version ``shadow``, which was
@@ -811,21 +847,32 @@ class Collection(Generic[D]):
             prior = self.unknown.get(key)
             value = None
             expected = doc._odm_rev or self.base.get(key, 0)
+            if prior is not None and self._cannot_have_landed(key, expected):
+                # Another node's version made on the one it expected came since, and every one
+                # after: it did not land and never will. Its fields are dirty again: a new write.
+                self._forget_unknown(key)
+                prior = None
             try:
                 if prior is not None:
                     # Same bytes as a write whose outcome we never learnt: same id, so JetStream's
                     # duplicate window makes the retry a no-op if the first one did land.
                     candidate = codec.encode(
-                        doc, location=location, changed=changed, write_id=prior[0], create=not doc._odm_rev
+                        doc,
+                        location=location,
+                        changed=changed,
+                        write_id=prior[0],
+                        create=not doc._odm_rev,
+                        on=codec.made_on(prior[1]),
                     )
                     if candidate == prior[1]:
-                        write_id, value = prior[0], candidate
+                        write_id, value = prior[0], codec.with_on(candidate, expected)
                     else:
                         # Edited since. Written as a new write, its fields would go over any
                         # later remote values of them that we kept out while it was unknown.
-                        # So first learn its outcome: send it again exactly as it was (same id:
-                        # a no-op if it landed); the edits stay dirty and follow it.
-                        ops.append(WriteOp(key, prior[1], expected, prior[0]))
+                        # So first learn its outcome: send it again as it was (same id: a no-op
+                        # if it landed; only its ``on`` says what it is sent on now); the edits
+                        # stay dirty and follow it.
+                        ops.append(WriteOp(key, codec.with_on(prior[1], expected), expected, prior[0]))
                         docs.append(doc)
                         fields.append(_PROBE)
                         self.pending[key] = None
@@ -833,7 +880,12 @@ class Collection(Generic[D]):
                 if value is None:
                     write_id = self._write_id()
                     value = codec.encode(
-                        doc, location=location, changed=changed, write_id=write_id, create=not doc._odm_rev
+                        doc,
+                        location=location,
+                        changed=changed,
+                        write_id=write_id,
+                        create=not doc._odm_rev,
+                        on=expected,
                     )
             except Exception as exc:
                 # A value Pydantic validated but cannot serialise (an ``Any`` field holding an
@@ -923,7 +975,7 @@ class Collection(Generic[D]):
                     and op.msg_id is not None
                     and self.docs.get(key) is doc
                 ):
-                    self.unknown[key] = (op.msg_id, op.value)
+                    self._unknown_sent(key, doc, op)
                 out.retry.add(key)
                 out.transient = True
             else:
@@ -957,6 +1009,7 @@ class Collection(Generic[D]):
         elif isinstance(res, Conflict):
             conflicts.append((op, doc))  # rebase on the latest version; probe again
         elif isinstance(res, ConnectionLost):
+            self._unknown_sent(key, doc, op)  # sent on another revision: that one may land too
             out.transient = True
         else:
             # Still unknown (a new write now could go over later remote values): reported as a
@@ -1028,9 +1081,12 @@ class Collection(Generic[D]):
                 # brings it (see _apply_entry); the write is retried after that.
                 out.transient = True
                 return False
+            if key in self.unknown:
+                self.unknown_gap.add(key)
             _slot_rev(doc, entry.revision)  # unreadable there: our version replaces it
             return False
         if key in self.unknown:
+            self._follow_chain(key, doc, entry.value)
             self.shadow[key] = (entry.revision, remote)
         # The watch brings this entry too; _merge set _odm_rev, so it will be skipped there.
         self._merge(doc, remote, entry.revision, stored=entry.value)

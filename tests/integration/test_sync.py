@@ -908,6 +908,9 @@ async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change
     remote.note = "b"
     await b.flush()
     await eventually(lambda: doc.note == "b", what="A to take B's note")
+    # As if A's watch had skipped a version (a restarted watch misses versions replaced meanwhile):
+    # A cannot tell that its write did not land, so it sends it again to learn (a probe).
+    coll.unknown_gap.add(key)
     doc.priority = 8  # an edit of A's: the next flush sends the lost write first
     held.release = asyncio.Event()
     held.hold = "after"
@@ -928,3 +931,39 @@ async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change
     stored = objects(fresh)[key]
     assert (stored.state, stored.note, stored.priority) == ("a", "b2", 8)
     await eventually(lambda: (doc.note, remote.priority) == ("b2", 8), what="A and B to converge")
+
+
+async def test_lost_write_another_node_wrote_over_is_rewritten_without_a_probe(make_db: DbFactory) -> None:
+    """A's write of ``state`` never lands and A gives up on it; B then sets the note, on the version
+    A's write expected, and A's watch brings it. So A's write cannot have landed, nor ever will:
+    A's next flush writes its state and its later edit as one new write, and B never sees its note
+    undone (a probe would store the lost write's stale note first)."""
+    a = await make_db(flush_interval=3600)
+    b = await make_db(flush_interval=3600)
+    doc = objects(a).add(channel_id="c-1", note="")
+    key = doc.uuid or ""
+    await a.flush()
+    await eventually(lambda: key in objects(b), what="the add on B")
+    remote = objects(b)[key]
+    notes: list[tuple[str, str]] = []
+    objects(b).on_field_change("note", lambda d, n, old, new: notes.append((old, new)))
+    coll = a.collection(Call)
+    held = _HeldWrites(coll.bucket)
+    coll.bucket = held  # type: ignore[assignment]
+    held.hold = "before"
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.3)
+    held.hold = None
+    assert coll.unknown
+    remote.note = "b"
+    await b.flush()
+    await eventually(lambda: doc.note == "b", what="A to take B's note")
+    doc.priority = 8
+    await a.flush()
+    assert not coll.unknown
+    fresh = await make_db()
+    stored = objects(fresh)[key]
+    assert (stored.state, stored.note, stored.priority) == ("a", "b", 8)
+    await eventually(lambda: (remote.state, remote.priority) == ("a", 8), what="B to converge")
+    assert notes == []

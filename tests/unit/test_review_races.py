@@ -862,9 +862,13 @@ async def test_probe_of_a_write_that_never_landed_then_writes_the_edits(nodes: N
     assert remote.state == "a"
 
 
-async def held_write_then_remote_note(a: Database, b: Database, note: str) -> tuple[Ticket, Ticket]:
+async def held_write_then_remote_note(
+    a: Database, b: Database, note: str, *, gap: bool = True
+) -> tuple[Ticket, Ticket]:
     """a's write of state "a" never reaches the store and its outcome is unknown (the flush gave
-    up); then b changes the note to "b" and a merges it. The next flush of a probes."""
+    up); then b changes the note to "b" and a merges it. With ``gap``, a's watch is as if it had
+    skipped a version meanwhile (the bucket keeps one a key; a watch started again misses those
+    replaced): a cannot tell its write did not land, and its next flush probes."""
     doc, remote = await shared(a, b, note=note)
     g = gate(a)
     g.gate_writes = g.unapplied = True
@@ -878,7 +882,93 @@ async def held_write_then_remote_note(a: Database, b: Database, note: str) -> tu
     remote.note = "b"
     await b.flush()
     await wait_for(lambda: doc.note == "b", what="a to merge b's note")
+    if gap:
+        a.collection(Ticket).unknown_gap.add(doc.uuid or "")
     return doc, remote
+
+
+async def test_write_of_unknown_outcome_another_node_wrote_over_is_written_without_a_probe(
+    nodes: Nodes,
+) -> None:
+    """b's version was made on the one a's held write expected, and a's watch saw every version
+    since: a's write cannot have landed, nor ever will. a writes its state and its later edit as
+    one new write: no version ever carries the held write's stale note (b never sees its note
+    undone, not even for a moment), and the id of the held write is never sent again."""
+    a, b, store = nodes
+    doc, remote = await held_write_then_remote_note(a, b, "", gap=False)
+    coll = a.collection(Ticket)
+    held_id = coll.unknown[doc.uuid or ""][0]
+    seen: list[tuple[str, str]] = []
+    Ticket.objects.using(b).on_field_change("note", lambda d, n, old, new: seen.append((old, new)))
+    sent: list[str | None] = []
+    inner = coll.bucket
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+        async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
+            sent.extend(op.msg_id for op in ops)
+            results: list[WriteResult] = await inner.write(ops)
+            return results
+
+    coll.bucket = Recording()  # type: ignore[assignment]
+    doc.priority = 8
+    await flush_twice(a)
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note, ticket.priority) == ("a", "b", 8)
+    assert held_id not in sent
+    assert len(sent) == 1
+    await wait_for(lambda: (remote.state, remote.priority) == ("a", 8), what="b to converge")
+    assert seen == []
+    assert not coll.unknown
+    assert not doc.is_dirty
+
+
+async def test_write_resent_and_settled_by_its_echo_is_known_to_have_landed(nodes: Nodes) -> None:
+    """a's write lands, its ack is lost and its echo late; a sends it again (same bytes, same id);
+    the echo comes while that retry is on its way, and the retry is refused (its compare-and-set
+    is older). The echo settled it: nothing about it is unknown any more, so a later edit of a's
+    is a plain write, not the old write sent again over b's later change."""
+    a, b, store = nodes
+    doc, remote = await shared(a, b)
+    coll = a.collection(Ticket)
+    await coll.stop_watch()
+    g = gate(a)
+    g.gate_writes = True  # stored, the ack held
+    doc.state = "a"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.flush(), 0.2)
+    g.gate_writes = False
+    g.release.set()
+    await settle()
+    assert coll.unknown
+    g.release = asyncio.Event()
+    g.waiting.clear()
+    g.gate_writes = True  # the retry: answered (a conflict) only once the echo is in
+    retry = asyncio.ensure_future(a.flush())
+    await g.waiting.wait()
+    coll.start_watch()
+    await wait_for(lambda: doc.is_dirty is False and coll.applied >= store_revision(a), what="the echo")
+    g.gate_writes = False
+    g.release.set()
+    await retry
+    await settle()
+    assert not coll.unknown
+    seen: list[tuple[str, str]] = []
+    Ticket.objects.using(b).on_field_change("note", lambda d, n, old, new: seen.append((old, new)))
+    await wait_for(lambda: remote.state == "a", what="b to see a's state")
+    remote.note = "b"
+    await b.flush()
+    await wait_for(lambda: doc.note == "b", what="a to merge b's note")
+    doc.priority = 3
+    await flush_twice(a)
+    ticket = stored(store, doc.uuid or "")
+    assert ticket is not None
+    assert (ticket.state, ticket.note, ticket.priority) == ("a", "b", 3)
+    await wait_for(lambda: remote.priority == 3, what="b to converge")
+    assert seen == []
 
 
 async def flush_twice(db: Database) -> None:
