@@ -8,18 +8,27 @@ several nodes — they see each other's changes through the watch, conflicts and
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from ..exceptions import BucketNotFound, InvalidKey, PayloadTooLarge
-from .base import BucketConfig, Conflict, Entry, Operation, Snapshot, WriteOp, WriteResult
+from ..exceptions import BucketNotFound
+from .base import (
+    DUPLICATE_WINDOW,
+    BucketConfig,
+    Conflict,
+    Entry,
+    Operation,
+    Snapshot,
+    WriteOp,
+    WriteResult,
+    check_bucket_name,
+    check_key,
+    check_op,
+)
 
 __all__ = ["MemoryBucket", "MemoryStore"]
 
-_KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
 DEFAULT_MAX_VALUE = 1024 * 1024  # NATS' default max_payload
-DUPLICATE_WINDOW = 120.0  # seconds, as JetStream KV
 
 
 class MemoryBucket:
@@ -71,6 +80,7 @@ class MemoryBucket:
 
     async def get(self, key: str) -> Entry | None:
         self._check()
+        check_key(key)
         return self._latest.get(key)
 
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
@@ -84,14 +94,9 @@ class MemoryBucket:
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
         if self.deleted:
             return BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
-        if not _KEY_RE.match(op.key):
-            return InvalidKey(f"{op.key!r} is not a valid key (letters, digits, -/_= and inner dots)")
-        if op.value is not None and len(op.value) > self.max_value_size:
-            return PayloadTooLarge(
-                f"{self._name}/{op.key}: value is {len(op.value)} bytes, the limit is {self.max_value_size}",
-                size=len(op.value),
-                limit=self.max_value_size,
-            )
+        bad = check_op(self._name, op, self.max_value_size)
+        if bad is not None:
+            return bad
         # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
         # expected revision went stale is refused even if its first attempt landed.
         if op.expected_revision is not None:
@@ -121,11 +126,13 @@ class MemoryBucket:
     async def purge(self, key: str) -> int:
         """Drop every revision of ``key`` and leave a purge marker (as ``kv.purge``)."""
         self._check()
+        check_key(key)
         return self._append(key, b"", Operation.PURGE)
 
     async def put_raw(self, key: str, value: bytes) -> int:
         """Store ``value`` as is, unconditionally (operators' and tests' back door)."""
         self._check()
+        check_key(key)
         return self._append(key, value, Operation.PUT)
 
     async def purge_deletes(self) -> None:
@@ -145,6 +152,7 @@ class MemoryStore:
         self._buckets: dict[str, MemoryBucket] = {}
 
     async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
+        check_bucket_name(name)
         bucket = self._buckets.get(name)
         if bucket is None or bucket.deleted:
             bucket = self._buckets[name] = MemoryBucket(name, config)

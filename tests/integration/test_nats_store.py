@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge
+from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge, StoreError
 from brainless_odm.store.base import Bucket, BucketConfig, Conflict, Entry, KVStore, Operation, WriteOp
 from brainless_odm.store.memory import MemoryStore
 from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
@@ -423,3 +423,58 @@ async def test_break_out_of_watch_unsubscribes(bucket: NatsBucket, nats_client: 
     while (await js.stream_info(stream)).state.consumer_count:
         assert time.monotonic() < deadline, "consumer not deleted"
         await asyncio.sleep(0.05)
+
+
+# -- the same semantics on both stores ----------------------------------------------------------
+#
+# Each test below runs against a real nats-server and against MemoryStore: the in-memory store is
+# the one unit tests and `Database(None)` use, so where it differs from NATS tests pass there and
+# applications fail on the server (or the other way round).
+
+
+@pytest.fixture(params=["nats", "memory"])
+async def any_store(request: pytest.FixtureRequest, store: NatsKVStore) -> KVStore:
+    return store if request.param == "nats" else MemoryStore()
+
+
+async def test_keys_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-keys", BucketConfig())
+    # Empty tokens ("a..b") are no subject the server accepts: nats-py published it and waited for
+    # an ack that never came. A key over ~4 KB overflows the server's control line, which closes
+    # the connection for good: both are refused before anything is sent.
+    bad = ["a..b", ".a", "a.", "", "a b", "a*b", "a>b", "é", "k" * 1025, "k" * 5000]
+    results = await asyncio.wait_for(bucket.write([WriteOp(k, b"v") for k in bad]), 2)
+    for key, result in zip(bad, results, strict=True):
+        assert isinstance(result, InvalidKey), (key[:20], result)
+        with pytest.raises(InvalidKey):
+            await bucket.get(key)
+    assert "at most 1024 characters" in str(results[-1])
+    assert len(str(results[-1])) < 200  # a 5000-character key is not repeated in the message
+    good = ["a.b.c", "-/_=", "k" * 1024]
+    ok = await bucket.write([WriteOp(k, b"v") for k in good])
+    assert all(isinstance(r, int) for r in ok), ok
+    for key in good:
+        assert await bucket.get(key) is not None
+    assert sorted(e.key for e in (await bucket.load()).entries) == sorted(good)
+
+
+async def test_bucket_names_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    for name in (f"{brainless_namespace}-a.b", f"{brainless_namespace}-a b", "", "é"):
+        with pytest.raises(InvalidKey, match="not a valid NATS KV bucket name"):
+            await any_store.open_bucket(name, BucketConfig())
+
+
+async def test_msg_ids_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    name = f"{brainless_namespace}-ids"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    bad = ["", "has space", "x" * 257, "tab\there", "é"]
+    results = await bucket.write([WriteOp(f"k{i}", b"v", msg_id=m) for i, m in enumerate(bad)])
+    for i, result in enumerate(results):
+        assert type(result) is StoreError, result
+        assert str(result) == (f"{name}/k{i}: msg_id must be 1-256 printable ASCII characters without spaces")
+    assert all([await bucket.get(f"k{i}") is None for i in range(len(bad))])
+    # An empty id used to dedupe unrelated writes to other keys in memory.
+    again = await bucket.write([WriteOp("other", b"v", msg_id="")])
+    assert type(again[0]) is StoreError
+    ok = await bucket.write([WriteOp("a", b"v", msg_id="x" * 256), WriteOp("b", b"v", msg_id="!~")])
+    assert all(isinstance(r, int) for r in ok), ok
