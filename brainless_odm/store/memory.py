@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from ..exceptions import BucketNotFound
 from .base import (
+    DEFAULT_MAX_PAYLOAD,
     DUPLICATE_WINDOW,
+    HEADER_ROOM,
     BucketConfig,
     Conflict,
     Entry,
@@ -28,7 +30,8 @@ from .base import (
 
 __all__ = ["MemoryBucket", "MemoryStore"]
 
-DEFAULT_MAX_VALUE = 1024 * 1024  # NATS' default max_payload
+#: NATS' default max payload less the room for our headers: what a NATS bucket takes by default.
+DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
 
 
 class MemoryBucket:
@@ -49,8 +52,8 @@ class MemoryBucket:
 
     @property
     def max_value_size(self) -> int:
-        limit = self.config.max_value_size
-        return min(limit, DEFAULT_MAX_VALUE) if limit else DEFAULT_MAX_VALUE
+        """The bucket's ``max_value_size``, or what a NATS bucket takes by default."""
+        return self.config.max_value_size or DEFAULT_MAX_VALUE
 
     def _check(self) -> None:
         if self.deleted:

@@ -47,6 +47,7 @@ from brainless_odm.exceptions import (
     StoreError,
 )
 from brainless_odm.store.base import (
+    HEADER_ROOM,
     BucketConfig,
     Conflict,
     Entry,
@@ -62,12 +63,6 @@ from brainless_odm.store.base import (
 __all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect"]
 
 log = logging.getLogger(__name__)
-
-# The server counts headers against max_payload and the stream's max_msg_size, nats-py does not:
-# a message whose payload fits but whose headers push it over makes the server close the whole
-# connection. We send at most ~100 header bytes plus the msg id (capped below), so this margin
-# keeps every value accepted by the client-side check below the server's limit.
-_HEADER_ALLOWANCE = 512
 
 # JetStream API error codes (nats-server/server/errors.json).
 _ERR_STREAM_NOT_FOUND = 10059
@@ -985,12 +980,17 @@ class NatsBucket:
 
     @property
     def max_value_size(self) -> int:
-        """The largest value a put may carry: the server's max payload, or the bucket's
-        ``max_value_size`` if smaller, minus room for the headers we send."""
+        """The largest value a put may carry: the server's max payload, or the stream's
+        ``max_msg_size`` if smaller, minus ``HEADER_ROOM`` for the headers we send.
+
+        The server counts headers against both limits, nats-py does not: a message whose value
+        fits but whose headers push it over makes the server close the whole connection. A bucket
+        created here has ``max_msg_size = max_value_size + HEADER_ROOM``, so a value of exactly
+        the configured size fits."""
         limit = self._nc.max_payload
         if self._max_msg_size is not None:
             limit = min(limit, self._max_msg_size)
-        return max(0, limit - _HEADER_ALLOWANCE)
+        return max(0, limit - HEADER_ROOM)
 
     def _subject(self, key: str) -> str:
         return self._prefix + key
@@ -1326,14 +1326,6 @@ class NatsBucket:
                         # nats-py would buffer the publish until a reconnect and we would wait the
                         # full timeout for an ack; fail now, the engine retries (same msg_id).
                         bad = _disconnected(nc, f"{self._name}/{op.key}")
-                    if bad is None and op.value is not None and len(op.value) > nc.max_payload:
-                        # the server lowered max_payload since the check
-                        bad = PayloadTooLarge(
-                            f"{self._name}/{op.key}: value is {len(op.value)} bytes, over the server's "
-                            "max payload",
-                            size=len(op.value),
-                            limit=self.max_value_size,
-                        )
                     if bad is not None:
                         results[i] = bad
                         i += 1
@@ -1437,7 +1429,8 @@ def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
         "max_bytes": -1,
         "max_age": max_age,
         "max_msgs_per_subject": config.history,
-        "max_msg_size": config.max_value_size if config.max_value_size else -1,
+        # Room for our headers on top of the largest value: the server counts both.
+        "max_msg_size": config.max_value_size + HEADER_ROOM if config.max_value_size else -1,
         "storage": config.storage,
         "discard": "new",
         "num_replicas": config.replicas,

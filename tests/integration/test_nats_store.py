@@ -12,7 +12,17 @@ import pytest
 from nats.aio.client import Client
 
 from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge, StoreError
-from brainless_odm.store.base import Bucket, BucketConfig, Conflict, Entry, KVStore, Operation, WriteOp
+from brainless_odm.store.base import (
+    HEADER_ROOM,
+    MAX_MSG_ID,
+    Bucket,
+    BucketConfig,
+    Conflict,
+    Entry,
+    KVStore,
+    Operation,
+    WriteOp,
+)
 from brainless_odm.store.memory import MemoryStore
 from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
 from brainless_odm.testing import NatsServer, free_port
@@ -478,3 +488,51 @@ async def test_msg_ids_are_checked_alike(any_store: KVStore, brainless_namespace
     assert type(again[0]) is StoreError
     ok = await bucket.write([WriteOp("a", b"v", msg_id="x" * 256), WriteOp("b", b"v", msg_id="!~")])
     assert all(isinstance(r, int) for r in ok), ok
+
+
+async def test_value_size_limits_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    """A value of exactly the bucket's max_value_size fits, with the largest headers a write
+    sends (a 256-character msg id and an expected revision); one byte more does not, with the
+    same error on both stores. (NATS used to keep 512 bytes of a configured size for headers, so a
+    bucket_max_value_size up to 512 refused every write.)"""
+    default = await any_store.open_bucket(f"{brainless_namespace}-default", BucketConfig())
+    assert default.max_value_size == 1024 * 1024 - HEADER_ROOM  # the test server's max payload: 1 MiB
+    for limit in (1, 300, 1000, 1024 * 1024 - HEADER_ROOM):
+        name = f"{brainless_namespace}-max{limit}"
+        cfg = BucketConfig(max_value_size=limit) if limit < 1024 * 1024 - HEADER_ROOM else BucketConfig()
+        bucket = await any_store.open_bucket(name, cfg)
+        assert bucket.max_value_size == limit
+        msg_id = "m" * MAX_MSG_ID
+        fits, too_big = await bucket.write(
+            [
+                WriteOp("k", b"x" * limit, expected_revision=0, msg_id=msg_id),
+                WriteOp("big", b"x" * (limit + 1), expected_revision=0, msg_id="other"),
+            ]
+        )
+        rev = _revision(fits)
+        assert isinstance(too_big, PayloadTooLarge)
+        assert str(too_big) == f"{name}/big: value is {limit + 1} bytes, the limit is {limit} bytes"
+        assert (too_big.size, too_big.limit) == (limit + 1, limit)
+        # A delete carries one header more (and no value).
+        _revision(
+            (await bucket.write([WriteOp("k", None, expected_revision=rev, msg_id="d" * MAX_MSG_ID)]))[0]
+        )
+
+
+async def test_reopen_warns_only_on_real_differences(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    configs = (BucketConfig(max_value_size=1000), BucketConfig(), BucketConfig(ttl=2.5, history=3))
+    for i, cfg in enumerate(configs):
+        name = f"{brainless_namespace}-re{i}"
+        await store.open_bucket(name, cfg)
+        again = await NatsKVStore(nats_client, namespace=brainless_namespace).open_bucket(name, cfg)
+        assert again.max_value_size == (cfg.max_value_size or 1024 * 1024 - HEADER_ROOM)
+    assert "different settings" not in caplog.text
+    # A bucket made elsewhere with max_msg_size = 1000 holds values of 1000 - HEADER_ROOM bytes
+    # with our headers: a real difference, reported.
+    name = f"{brainless_namespace}-made"
+    await nats_client.jetstream().create_key_value(bucket=name, max_value_size=1000, direct=True)
+    made = await store.open_bucket(name, BucketConfig(max_value_size=1000))
+    assert made.max_value_size == 1000 - HEADER_ROOM
+    assert f"max_msg_size=1000 (wanted {1000 + HEADER_ROOM})" in caplog.text
