@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from ..exceptions import BucketNotFound
@@ -35,12 +36,15 @@ DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
 
 
 class MemoryBucket:
-    """One bucket: the latest entry per key plus live watchers."""
+    """One bucket: the latest entry per key, up to ``history - 1`` older ones, and live watchers."""
 
     def __init__(self, name: str, config: BucketConfig) -> None:
         self._name = name
         self.config = config
         self._latest: dict[str, Entry] = {}
+        # Superseded entries still retained (``history`` > 1), oldest first: what a watch replays.
+        self._older: dict[str, deque[Entry]] = {}
+        self._keep = max(config.history, 1) - 1
         self._revision = 0
         self._watchers: set[asyncio.Queue[Entry | None]] = set()
         self._msg_ids: dict[str, tuple[float, int]] = {}
@@ -67,10 +71,14 @@ class MemoryBucket:
     async def watch(self, after: int) -> AsyncIterator[Entry]:
         self._check()
         queue: asyncio.Queue[Entry | None] = asyncio.Queue()
-        # Same tick as the registration below: nothing can be written in between.
-        for entry in sorted(self._latest.values(), key=lambda e: e.revision):
-            if entry.revision > after:
-                queue.put_nowait(entry)
+        # Same tick as the registration below: nothing can be written in between. Every retained
+        # revision, as a NATS consumer replays the stream (up to ``history`` per key).
+        replay = [e for e in self._latest.values() if e.revision > after]
+        for older in self._older.values():
+            replay.extend(e for e in older if e.revision > after)
+        replay.sort(key=lambda e: e.revision)
+        for entry in replay:
+            queue.put_nowait(entry)
         self._watchers.add(queue)
         try:
             while True:
@@ -89,6 +97,13 @@ class MemoryBucket:
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
         self._revision += 1
         entry = Entry(key=key, value=value, revision=self._revision, operation=op, reason=reason)
+        if self._keep:
+            prev = self._latest.get(key)
+            if prev is not None:
+                older = self._older.get(key)
+                if older is None:
+                    older = self._older[key] = deque(maxlen=self._keep)
+                older.append(prev)
         self._latest[key] = entry
         for q in self._watchers:
             q.put_nowait(entry)
@@ -130,6 +145,8 @@ class MemoryBucket:
         """Drop every revision of ``key`` and leave a purge marker (as ``kv.purge``)."""
         self._check()
         check_key(key)
+        self._latest.pop(key, None)
+        self._older.pop(key, None)
         return self._append(key, b"", Operation.PURGE)
 
     async def put_raw(self, key: str, value: bytes) -> int:
@@ -142,6 +159,7 @@ class MemoryBucket:
         for key, entry in list(self._latest.items()):
             if entry.operation is not Operation.PUT:
                 del self._latest[key]
+                self._older.pop(key, None)
 
     def close_watchers(self) -> None:
         for q in self._watchers:

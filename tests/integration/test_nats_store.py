@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from brainless_odm.store.base import (
     Operation,
     WriteOp,
 )
-from brainless_odm.store.memory import MemoryStore
+from brainless_odm.store.memory import MemoryBucket, MemoryStore
 from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
 from brainless_odm.testing import NatsServer, free_port
 
@@ -536,3 +536,64 @@ async def test_reopen_warns_only_on_real_differences(
     made = await store.open_bucket(name, BucketConfig(max_value_size=1000))
     assert made.max_value_size == 1000 - HEADER_ROOM
     assert f"max_msg_size=1000 (wanted {1000 + HEADER_ROOM})" in caplog.text
+
+
+async def _purge(bucket: Bucket, nats_client: Client) -> Callable[[str], Awaitable[object]]:
+    """``kv.purge`` of ``bucket``'s store: MemoryBucket has it, on NATS an operator's through nats-py."""
+    if isinstance(bucket, NatsBucket):
+        kv = await nats_client.jetstream().key_value(bucket.name)
+        return kv.purge
+    assert isinstance(bucket, MemoryBucket)
+    return bucket.purge
+
+
+async def _replay(bucket: Bucket, after: int) -> list[tuple[str, int, Operation]]:
+    """What ``watch(after)`` yields until it has nothing more for a moment."""
+    got: list[tuple[str, int, Operation]] = []
+    watch = bucket.watch(after)
+    try:
+        while True:
+            try:
+                entry = await asyncio.wait_for(anext(watch), 0.3)
+            except asyncio.TimeoutError:
+                return got
+            got.append((entry.key, entry.revision, entry.operation))
+    finally:
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def test_watch_replays_every_retained_revision(
+    any_store: KVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """With history > 1 a watch replays every revision the bucket retains (up to ``history`` a
+    key), in revision order; memory used to replay only the latest one of each key."""
+    put, dele, purge = Operation.PUT, Operation.DELETE, Operation.PURGE
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-h3", BucketConfig(history=3))
+    await bucket.write(
+        [WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("b", b"1"), WriteOp("b", None), WriteOp("c", b"1")]
+    )
+    await bucket.write([WriteOp("a", b"3"), WriteOp("a", b"4")])  # a keeps 2, 6 and 7
+    assert await _replay(bucket, 0) == [
+        ("a", 2, put),
+        ("b", 3, put),
+        ("b", 4, dele),
+        ("c", 5, put),
+        ("a", 6, put),
+        ("a", 7, put),
+    ]
+    assert await _replay(bucket, 4) == [("c", 5, put), ("a", 6, put), ("a", 7, put)]
+    # A purge leaves only its marker.
+    await (await _purge(bucket, nats_client))("a")
+    assert await _replay(bucket, 0) == [("b", 3, put), ("b", 4, dele), ("c", 5, put), ("a", 8, purge)]
+    # get() and load() stay "the latest of each key".
+    snap = await bucket.load()
+    assert ([(e.key, e.revision) for e in snap.entries], snap.revision) == ([("c", 5)], 8)
+    latest = await bucket.get("b")
+    assert latest is not None
+    assert (latest.revision, latest.operation) == (4, dele)
+    # history=1 keeps the latest only.
+    single = await any_store.open_bucket(f"{brainless_namespace}-h1", BucketConfig())
+    await single.write([WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("b", b"1")])
+    assert await _replay(single, 0) == [("a", 2, put), ("b", 3, put)]
