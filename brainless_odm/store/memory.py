@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 from ..exceptions import BucketNotFound
 from .base import (
     DEFAULT_MAX_PAYLOAD,
-    DUPLICATE_WINDOW,
     HEADER_ROOM,
     BucketConfig,
     Conflict,
@@ -27,6 +26,7 @@ from .base import (
     check_bucket_name,
     check_key,
     check_op,
+    duplicate_window,
 )
 
 __all__ = ["MemoryBucket", "MemoryStore"]
@@ -36,19 +36,41 @@ DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
 
 
 class MemoryBucket:
-    """One bucket: the latest entry per key, up to ``history - 1`` older ones, and live watchers."""
+    """One bucket: the latest entry per key, up to ``history - 1`` older ones, and live watchers.
+
+    With a ``ttl`` an entry is removed ``ttl`` seconds after its write, as JetStream's ``max_age``
+    removes it; where it was its key's latest (a put or a delete marker) a ``PURGE`` marker with
+    reason ``"MaxAge"`` takes its place (the server's subject delete marker), and goes itself
+    ``max(ttl, 1)`` seconds later. A timer does it for watchers; reads and writes expire what is due
+    first, so they never see an entry past its time.
+    """
 
     def __init__(self, name: str, config: BucketConfig) -> None:
         self._name = name
+        self._watchers: set[asyncio.Queue[Entry | None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # its deadline (time.monotonic())
+        self._reset(config)
+
+    def _reset(self, config: BucketConfig) -> None:
+        """Empty, revision 0, ``config``: a bucket just created."""
         self.config = config
+        self.deleted = False
         self._latest: dict[str, Entry] = {}
         # Superseded entries still retained (``history`` > 1), oldest first: what a watch replays.
         self._older: dict[str, deque[Entry]] = {}
         self._keep = max(config.history, 1) - 1
         self._revision = 0
-        self._watchers: set[asyncio.Queue[Entry | None]] = set()
         self._msg_ids: dict[str, tuple[float, int]] = {}
-        self.deleted = False
+        self._limit = config.max_value_size or DEFAULT_MAX_VALUE
+        self._ttl = float(config.ttl) if config.ttl else None
+        self._marker_ttl = max(self._ttl or 0.0, 1.0)  # the stream's subject_delete_marker_ttl
+        self._window = duplicate_window(config)
+        # (deadline, key, revision) in write order: of entries written (deadline = write + ttl),
+        # and of the MaxAge markers written in their place (deadline = write + marker ttl).
+        self._expiry: deque[tuple[float, str, int]] = deque()
+        self._marker_expiry: deque[tuple[float, str, int]] = deque()
+        self._cancel_timer()
 
     @property
     def name(self) -> str:
@@ -57,11 +79,13 @@ class MemoryBucket:
     @property
     def max_value_size(self) -> int:
         """The bucket's ``max_value_size``, or what a NATS bucket takes by default."""
-        return self.config.max_value_size or DEFAULT_MAX_VALUE
+        return self._limit
 
     def _check(self) -> None:
         if self.deleted:
             raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+        if self._ttl is not None:
+            self._expire(time.monotonic())
 
     async def load(self) -> Snapshot:
         self._check()
@@ -107,12 +131,81 @@ class MemoryBucket:
         self._latest[key] = entry
         for q in self._watchers:
             q.put_nowait(entry)
+        if self._ttl is not None:
+            self._track(entry)
         return self._revision
+
+    # -- expiry (ttl) ---------------------------------------------------------------------------
+
+    def _track(self, entry: Entry) -> None:
+        now = time.monotonic()
+        if entry.reason == "MaxAge":
+            deadline = now + self._marker_ttl
+            self._marker_expiry.append((deadline, entry.key, entry.revision))
+        else:
+            deadline = now + (self._ttl or 0.0)
+            self._expiry.append((deadline, entry.key, entry.revision))
+        if self._timer is None or deadline < self._timer_at:
+            self._schedule(deadline, now)
+
+    def _schedule(self, deadline: float, now: float) -> None:
+        self._cancel_timer()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - writes run in a loop; reads expire what is due
+            return
+        self._timer = loop.call_later(max(0.0, deadline - now), self._on_timer)
+        self._timer_at = deadline
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.deleted:
+            return
+        now = time.monotonic()
+        self._expire(now)
+        heads = [q[0][0] for q in (self._expiry, self._marker_expiry) if q]
+        if heads:
+            self._schedule(min(heads), now)
+
+    def _expire(self, now: float) -> None:
+        """Remove what is past its time, as JetStream does (MaxAge markers in place of the latest
+        entries of keys)."""
+        markers = self._marker_expiry
+        while markers and markers[0][0] <= now:
+            _, key, rev = markers.popleft()
+            latest = self._latest.get(key)
+            if latest is not None and latest.revision == rev:
+                del self._latest[key]  # a marker goes without a trace
+        queue = self._expiry
+        while queue and queue[0][0] <= now:
+            _, key, rev = queue.popleft()
+            latest = self._latest.get(key)
+            if latest is not None and latest.revision == rev:
+                # The key's older revisions were written before it: gone already.
+                self._older.pop(key, None)
+                del self._latest[key]
+                if latest.operation is not Operation.PURGE and latest.reason is None:
+                    # A put or a delete marker: the server writes a marker in its place (a purge
+                    # marker, or a marker of its own, goes without one).
+                    self._append(key, b"", Operation.PURGE, "MaxAge")
+                continue
+            older = self._older.get(key)
+            if older and older[0].revision == rev:
+                older.popleft()
+                if not older:
+                    del self._older[key]
+
+    # -- writes ---------------------------------------------------------------------------------
 
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
         if self.deleted:
             return BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
-        bad = check_op(self._name, op, self.max_value_size)
+        bad = check_op(self._name, op, self._limit)
         if bad is not None:
             return bad
         # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
@@ -123,7 +216,7 @@ class MemoryBucket:
                 return Conflict(key=op.key, expected_revision=op.expected_revision)
         if op.msg_id is not None:
             seen = self._msg_ids.get(op.msg_id)
-            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+            if seen is not None and now - seen[0] < self._window:
                 return seen[1]
         if op.value is None:
             rev = self._append(op.key, b"", Operation.DELETE)
@@ -132,11 +225,14 @@ class MemoryBucket:
         if op.msg_id is not None:
             self._msg_ids[op.msg_id] = (now, rev)
             if len(self._msg_ids) > 100_000:
-                self._msg_ids = {k: v for k, v in self._msg_ids.items() if now - v[0] < DUPLICATE_WINDOW}
+                window = self._window
+                self._msg_ids = {k: v for k, v in self._msg_ids.items() if now - v[0] < window}
         return rev
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         now = time.monotonic()
+        if self._ttl is not None and not self.deleted:
+            self._expire(now)
         results = [self._write_one(op, now) for op in ops]
         await asyncio.sleep(0)  # a write is a suspension point, as on the network
         return results
@@ -188,6 +284,7 @@ class MemoryStore:
         if bucket is None:
             return False
         bucket.deleted = True
+        bucket._cancel_timer()
         bucket.close_watchers()
         return True
 

@@ -597,3 +597,59 @@ async def test_watch_replays_every_retained_revision(
     single = await any_store.open_bucket(f"{brainless_namespace}-h1", BucketConfig())
     await single.write([WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("b", b"1")])
     assert await _replay(single, 0) == [("a", 2, put), ("b", 3, put)]
+
+
+async def test_ttl_expires_entries_with_a_marker(
+    any_store: KVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """An entry older than the bucket's ttl is removed; where it was its key's latest (a put or a
+    delete marker) a PURGE marker with reason "MaxAge" takes its place (the watch delivers it),
+    itself removed a second later; a purge marker goes without one. The duplicate window is the
+    ttl. Memory used to keep everything forever."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ttl", BucketConfig(ttl=1.0, history=3))
+    purge = await _purge(bucket, nats_client)
+    watch = bucket.watch(0)
+    got: list[Entry] = []
+
+    async def collect() -> None:
+        async for entry in watch:
+            got.append(entry)
+
+    task = asyncio.create_task(collect())
+    try:
+        first = await bucket.write(
+            [WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("d", b"1"), WriteOp("d", None)]
+        )
+        assert first == [1, 2, 3, 4]
+        await purge("p")  # 5
+        dup = await bucket.write([WriteOp("m", b"1", msg_id="once")])  # 6
+        assert await bucket.write([WriteOp("m", b"1", msg_id="once")]) == dup
+        await _wait_for(lambda: len(got) >= 9, 5, "the MaxAge markers")
+        assert [(e.key, e.revision, e.operation, e.reason) for e in got[6:]] == [
+            ("a", 7, Operation.PURGE, "MaxAge"),
+            ("d", 8, Operation.PURGE, "MaxAge"),
+            ("m", 9, Operation.PURGE, "MaxAge"),
+        ]
+        assert all(e.value == b"" for e in got[6:])
+        marker = await bucket.get("a")
+        assert marker is not None
+        assert (marker.operation, marker.reason) == (Operation.PURGE, "MaxAge")
+        assert await bucket.get("p") is None  # the purge marker expired without a trace
+        assert (await bucket.load()).entries == []
+        # The duplicate window was the ttl: the same msg id is a new write now.
+        again = _revision((await bucket.write([WriteOp("m2", b"1", msg_id="once")]))[0])
+        assert again > 9
+        # The marker goes too, and the key reads as never written.
+        deadline = time.monotonic() + 5
+        while await bucket.get("a") is not None:
+            assert time.monotonic() < deadline, "the MaxAge marker was not removed"
+            await asyncio.sleep(0.05)
+        assert _revision((await bucket.write([WriteOp("a", b"new", expected_revision=0)]))[0]) > again
+        assert not any(e.key == "a" and e.reason for e in got[9:])  # no marker for a marker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
