@@ -187,7 +187,8 @@ class Bucket(Protocol):
         ...
 
     async def purge_deletes(self) -> None:
-        """Drop delete markers (housekeeping); optional to do anything."""
+        """Drop delete markers (housekeeping); optional to do anything, and when is up to the store
+        (NATS keeps markers younger than 30 minutes, memory drops them all)."""
         ...
 
 
@@ -199,9 +200,15 @@ class KVStore(Protocol):
         """Open ``name`` (already namespaced), creating it where missing."""
         ...
 
-    async def delete_bucket(self, name: str) -> bool: ...
+    async def delete_bucket(self, name: str) -> bool:
+        """Delete ``name`` and its data; ``False`` if it did not exist. Open handles of it fail with
+        ``BucketNotFound`` until the bucket is opened again (then they address the new one)."""
+        ...
 
-    async def list_buckets(self) -> list[str]: ...
+    async def list_buckets(self) -> list[str]:
+        """The buckets this store lists, sorted: on NATS those of its namespace; a ``MemoryStore``
+        has no namespace and lists all of its own."""
+        ...
 
     async def close(self) -> None:
         """Release what the store opened (never the caller's NATS connection)."""

@@ -107,8 +107,8 @@ class MemoryBucket:
         try:
             while True:
                 item = await queue.get()
-                if item is None:
-                    return
+                if item is None:  # as a NATS watch whose stream is gone
+                    raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
                 yield item
         finally:
             self._watchers.discard(queue)
@@ -257,7 +257,11 @@ class MemoryBucket:
                 del self._latest[key]
                 self._older.pop(key, None)
 
-    def close_watchers(self) -> None:
+    def _delete(self) -> None:
+        """Deleted: the data goes, watches end with ``BucketNotFound``, every call fails with it
+        until the store opens the bucket again."""
+        self._reset(self.config)
+        self.deleted = True
         for q in self._watchers:
             q.put_nowait(None)
 
@@ -271,8 +275,12 @@ class MemoryStore:
     async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
         check_bucket_name(name)
         bucket = self._buckets.get(name)
-        if bucket is None or bucket.deleted:
+        if bucket is None:
             bucket = self._buckets[name] = MemoryBucket(name, config)
+        elif bucket.deleted:
+            # Created again. A NATS bucket handle addresses the bucket by name, so the handles of
+            # the deleted one (a running database's) read and write the new one: same object.
+            bucket._reset(config)
         return bucket
 
     def bucket(self, name: str) -> MemoryBucket:
@@ -280,16 +288,15 @@ class MemoryStore:
         return self._buckets[name]
 
     async def delete_bucket(self, name: str) -> bool:
-        bucket = self._buckets.pop(name, None)
-        if bucket is None:
+        bucket = self._buckets.get(name)
+        if bucket is None or bucket.deleted:
             return False
-        bucket.deleted = True
-        bucket._cancel_timer()
-        bucket.close_watchers()
+        bucket._delete()
         return True
 
     async def list_buckets(self) -> list[str]:
-        return sorted(self._buckets)
+        """Every bucket of this store (there are no namespaces here), sorted."""
+        return sorted(name for name, bucket in self._buckets.items() if not bucket.deleted)
 
     async def close(self) -> None:
         """Nothing to release: the data lives as long as this object."""

@@ -653,3 +653,42 @@ async def test_ttl_expires_entries_with_a_marker(
         aclose = getattr(watch, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def test_a_recreated_bucket_is_the_same_to_old_handles(
+    any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """A bucket handle addresses its bucket by name: deleted, it fails with BucketNotFound (its
+    watch too, where memory ended it quietly); created again (by anyone), the old handle reads and
+    writes the new bucket, whose revisions start again. Memory's old handle stayed dead."""
+    other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
+    name = f"{brainless_namespace}-again"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"1")]) == [1, 2]
+    watch = bucket.watch(2)
+    pending = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0.3)  # the watch is running
+    assert await other.delete_bucket(name) is True
+    assert await other.delete_bucket(name) is False
+    with pytest.raises(BucketNotFound):
+        await asyncio.wait_for(pending, 5)
+    aclose = getattr(watch, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    (gone,) = await bucket.write([WriteOp("a", b"2")])
+    assert isinstance(gone, BucketNotFound)
+    with pytest.raises(BucketNotFound):
+        await bucket.get("a")
+    with pytest.raises(BucketNotFound):
+        await bucket.load()
+    assert name not in await any_store.list_buckets()
+
+    fresh = await other.open_bucket(name, BucketConfig(history=2))
+    assert await fresh.write([WriteOp("z", b"1")]) == [1]
+    assert await bucket.write([WriteOp("a", b"3", expected_revision=0)]) == [2]
+    assert await bucket.get("z") == Entry("z", b"1", 1)
+    assert await bucket.get("b") is None
+    snap = await bucket.load()
+    assert (sorted(e.key for e in snap.entries), snap.revision) == (["a", "z"], 2)
+    assert [(k, r) for k, r, _op in await _replay(bucket, 0)] == [("z", 1), ("a", 2)]
+    assert name in await any_store.list_buckets()

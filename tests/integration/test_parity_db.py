@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from sync_helpers import DbFactory, eventually
 
-from brainless_odm import Database, Document, DocumentConfig, Registry
+from brainless_odm import BucketNotFound, Database, Document, DocumentConfig, FlushError, Registry
 from brainless_odm.store.memory import MemoryStore
 
 pytestmark = pytest.mark.integration
@@ -77,3 +77,30 @@ async def test_bucket_ttl_expires_documents_everywhere(node: Node) -> None:
     assert deleted == [doc.uuid]
     late = await node("late", Expiring)
     assert len(Expiring.objects.using(late)) == 0
+
+
+async def test_a_recreated_bucket_serves_running_databases(node: Node) -> None:
+    """Deleting a bucket under a running database fails its flushes; once another database
+    creates it again, the running one writes to it and the other sees what it writes."""
+    a = await node("a", Note)
+    Note.objects.using(a).add(text="one")
+    await a.flush()
+    assert await a.store.delete_bucket(a.bucket_name("note")) is True
+    Note.objects.using(a).add(text="two")
+    with pytest.raises(FlushError) as failed:
+        await a.flush()
+    assert all(isinstance(exc, BucketNotFound) for _c, _k, exc in failed.value.failures)
+    b = await node("b", Note)  # creates the bucket again, empty ("two" may be retried in already)
+    assert {d.text for d in Note.objects.using(b)} <= {"two"}
+    Note.objects.using(a).add(text="three")
+    await a.flush()  # no FlushError: "three" (and "two", unless a background flush wrote it)
+    await eventually(
+        lambda: sorted(d.text for d in Note.objects.using(b)) == ["three", "two"],
+        what="b to see a's writes",
+    )
+    # a's watch resumes too (after the revision it had applied: see docs/errors.md#bucketnotfound).
+    Note.objects.using(b).add(text="four")
+    await b.flush()
+    await eventually(
+        lambda: "four" in {d.text for d in Note.objects.using(a)}, timeout=10, what="a to see b's write"
+    )
