@@ -1180,9 +1180,6 @@ class NatsBucket:
             rnd, i = entry
             rnd.settle(i, self._ack_result(rnd.ops[i], data, status))
 
-    def _check_op(self, op: WriteOp) -> StoreError | None:
-        return check_op(self._name, op, self.max_value_size)
-
     def _ack_result(self, op: WriteOp, data: bytes, status: str | None) -> WriteResult:
         if status == "503":
             return _NO_RESPONDERS
@@ -1321,7 +1318,7 @@ class NatsBucket:
                 epoch = nc.stats["reconnects"]
                 while i < n and len(tokens) < room:
                     op = ops[i]
-                    bad = self._check_op(op)
+                    bad = check_op(self._name, op, self.max_value_size)
                     if bad is None and (not nc.is_connected or nc.is_draining_pubs):
                         # nats-py would buffer the publish until a reconnect and we would wait the
                         # full timeout for an ack; fail now, the engine retries (same msg_id).
