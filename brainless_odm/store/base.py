@@ -23,8 +23,8 @@ Semantics every implementation keeps:
   ``BucketNotFound``.
 * With a ``ttl``, an entry is removed ``ttl`` seconds after its write; where it was the key's latest
   (a put or a delete marker) the store writes a ``PURGE`` marker with reason ``"MaxAge"`` (delivered by
-  the watch like any entry), which is itself removed ``max(ttl, 1)`` seconds later. The duplicate
-  window is then ``min(120 s, ttl)``.
+  the watch like any entry), which is itself removed ``ttl`` later. The duplicate window is then
+  ``min(120 s, ttl)``.
 * A bucket is addressed by name: after it is deleted and created again, a handle of the old one
   reads and writes the new one (empty, revisions from 1 again).
 * Keys, bucket names, ``msg_id`` and value sizes are checked by the helpers below, the same for

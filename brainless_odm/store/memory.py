@@ -40,9 +40,9 @@ class MemoryBucket:
 
     With a ``ttl`` an entry is removed ``ttl`` seconds after its write, as JetStream's ``max_age``
     removes it; where it was its key's latest (a put or a delete marker) a ``PURGE`` marker with
-    reason ``"MaxAge"`` takes its place (the server's subject delete marker), and goes itself
-    ``max(ttl, 1)`` seconds later. A timer does it for watchers; reads and writes expire what is due
-    first, so they never see an entry past its time.
+    reason ``"MaxAge"`` takes its place (the server's subject delete marker), and goes itself ``ttl``
+    later (its own TTL is ``max(ttl, 1 s)``, but ``max_age`` applies to it too). A timer does it for
+    watchers; reads and writes expire what is due first, so they never see an entry past its time.
     """
 
     def __init__(self, name: str, config: BucketConfig) -> None:
@@ -64,12 +64,9 @@ class MemoryBucket:
         self._msg_ids: dict[str, tuple[float, int]] = {}
         self._limit = config.max_value_size or DEFAULT_MAX_VALUE
         self._ttl = float(config.ttl) if config.ttl else None
-        self._marker_ttl = max(self._ttl or 0.0, 1.0)  # the stream's subject_delete_marker_ttl
         self._window = duplicate_window(config)
-        # (deadline, key, revision) in write order: of entries written (deadline = write + ttl),
-        # and of the MaxAge markers written in their place (deadline = write + marker ttl).
+        # (write time + ttl, key, revision) of every entry, in write order: deadlines in order.
         self._expiry: deque[tuple[float, str, int]] = deque()
-        self._marker_expiry: deque[tuple[float, str, int]] = deque()
         self._cancel_timer()
 
     @property
@@ -139,13 +136,9 @@ class MemoryBucket:
 
     def _track(self, entry: Entry) -> None:
         now = time.monotonic()
-        if entry.reason == "MaxAge":
-            deadline = now + self._marker_ttl
-            self._marker_expiry.append((deadline, entry.key, entry.revision))
-        else:
-            deadline = now + (self._ttl or 0.0)
-            self._expiry.append((deadline, entry.key, entry.revision))
-        if self._timer is None or deadline < self._timer_at:
+        deadline = now + (self._ttl or 0.0)
+        self._expiry.append((deadline, entry.key, entry.revision))
+        if self._timer is None:  # else it is set for an earlier deadline (they come in order)
             self._schedule(deadline, now)
 
     def _schedule(self, deadline: float, now: float) -> None:
@@ -168,37 +161,36 @@ class MemoryBucket:
             return
         now = time.monotonic()
         self._expire(now)
-        heads = [q[0][0] for q in (self._expiry, self._marker_expiry) if q]
-        if heads:
-            self._schedule(min(heads), now)
+        if self._expiry:
+            # Not the deadline of a marker written just now (which set the timer): the earliest.
+            self._schedule(self._expiry[0][0], now)
 
     def _expire(self, now: float) -> None:
         """Remove what is past its time, as JetStream does (MaxAge markers in place of the latest
         entries of keys)."""
-        markers = self._marker_expiry
-        while markers and markers[0][0] <= now:
-            _, key, rev = markers.popleft()
-            latest = self._latest.get(key)
-            if latest is not None and latest.revision == rev:
-                del self._latest[key]  # a marker goes without a trace
         queue = self._expiry
         while queue and queue[0][0] <= now:
             _, key, rev = queue.popleft()
-            latest = self._latest.get(key)
-            if latest is not None and latest.revision == rev:
-                # The key's older revisions were written before it: gone already.
-                self._older.pop(key, None)
-                del self._latest[key]
-                if latest.operation is not Operation.PURGE and latest.reason is None:
-                    # A put or a delete marker: the server writes a marker in its place (a purge
-                    # marker, or a marker of its own, goes without one).
-                    self._append(key, b"", Operation.PURGE, "MaxAge")
-                continue
-            older = self._older.get(key)
-            if older and older[0].revision == rev:
-                older.popleft()
-                if not older:
-                    del self._older[key]
+            latest = self._remove(key, rev)
+            if latest is not None and latest.operation is not Operation.PURGE and latest.reason is None:
+                # The key's latest, a put or a delete marker: the server writes a marker in its
+                # place (a purge marker, or a marker of its own, goes without one).
+                self._append(key, b"", Operation.PURGE, "MaxAge")
+
+    def _remove(self, key: str, rev: int) -> Entry | None:
+        """Forget revision ``rev`` of ``key`` if it is still retained; the entry if it was the
+        key's latest (whose older revisions, written before it, are gone already)."""
+        latest = self._latest.get(key)
+        if latest is not None and latest.revision == rev:
+            del self._latest[key]
+            self._older.pop(key, None)
+            return latest
+        older = self._older.get(key)
+        if older and older[0].revision == rev:
+            older.popleft()
+            if not older:
+                del self._older[key]
+        return None
 
     # -- writes ---------------------------------------------------------------------------------
 

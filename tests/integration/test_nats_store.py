@@ -604,7 +604,7 @@ async def test_ttl_expires_entries_with_a_marker(
 ) -> None:
     """An entry older than the bucket's ttl is removed; where it was its key's latest (a put or a
     delete marker) a PURGE marker with reason "MaxAge" takes its place (the watch delivers it),
-    itself removed a second later; a purge marker goes without one. The duplicate window is the
+    itself removed a ttl later; a purge marker goes without one. The duplicate window is the
     ttl. Memory used to keep everything forever."""
     bucket = await any_store.open_bucket(f"{brainless_namespace}-ttl", BucketConfig(ttl=1.0, history=3))
     purge = await _purge(bucket, nats_client)
@@ -692,3 +692,61 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     assert (sorted(e.key for e in snap.entries), snap.revision) == (["a", "z"], 2)
     assert [(k, r) for k, r, _op in await _replay(bucket, 0)] == [("z", 1), ("a", 2)]
     assert name in await any_store.list_buckets()
+
+
+async def test_ttl_with_history_forgets_superseded_markers(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """A MaxAge marker superseded by a new write (history > 1 keeps it as an older revision) goes
+    a ttl after it was written, like any entry (its own TTL of a second does not keep it longer)."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ttlh", BucketConfig(ttl=0.5, history=5))
+    purge = Operation.PURGE
+
+    async def latest() -> tuple[int, Operation] | None:
+        entry = await bucket.get("a")
+        return None if entry is None else (entry.revision, entry.operation)
+
+    await bucket.write([WriteOp("a", b"1")])
+    deadline = time.monotonic() + 5
+    while await latest() != (2, purge):
+        assert time.monotonic() < deadline, "no MaxAge marker"
+        await asyncio.sleep(0.01)
+    assert await bucket.write([WriteOp("a", b"2", expected_revision=2)]) == [3]
+    while await latest() != (4, purge):
+        assert time.monotonic() < deadline, "no second MaxAge marker"
+        await asyncio.sleep(0.01)
+    assert await _replay(bucket, 0) == [("a", 4, purge)]
+
+
+async def test_ttl_markers_come_on_time_with_nobody_reading(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """Each entry expires about a ttl after its own write, with no read or write to prompt it:
+    a watcher alone gets the markers (the memory store's timer must not wait for a later marker's
+    deadline)."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ontime", BucketConfig(ttl=1.0))
+    arrived: dict[str, float] = {}
+    watch = bucket.watch(0)
+
+    async def collect() -> None:
+        async for entry in watch:
+            if entry.reason == "MaxAge":
+                arrived[entry.key] = time.monotonic()
+
+    task = asyncio.create_task(collect())
+    try:
+        written = {}
+        for key in ("a", "b", "c"):
+            await bucket.write([WriteOp(key, b"1")])
+            written[key] = time.monotonic()
+            await asyncio.sleep(0.5)
+        await _wait_for(lambda: len(arrived) == 3, 5, "three MaxAge markers")
+        late = {k: round(arrived[k] - written[k] - 1.0, 2) for k in written}
+        assert all(-0.05 < v < 0.4 for v in late.values()), late  # NATS checks expiry every ~0.25 s
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
