@@ -49,7 +49,6 @@ class MemoryBucket:
         self._name = name
         self._watchers: set[asyncio.Queue[Entry | None]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # its deadline (time.monotonic())
         self._reset(config)
 
     def _reset(self, config: BucketConfig) -> None:
@@ -148,7 +147,6 @@ class MemoryBucket:
         except RuntimeError:  # pragma: no cover - writes run in a loop; reads expire what is due
             return
         self._timer = loop.call_later(max(0.0, deadline - now), self._on_timer)
-        self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
