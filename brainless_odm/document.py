@@ -38,6 +38,7 @@ from .exceptions import DatabaseError, DefinitionError
 from .fields import Indexed, Unique
 from .query.manager import ObjectsDescriptor
 from .registry import Registry, default_registry
+from .store.base import KEY_PATTERN
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -50,7 +51,6 @@ __all__ = ["KEY_PATTERN", "Document", "DocumentInfo", "mark_dirty"]
 _ASSIGNING = [0]
 
 # What NATS KV accepts as a key (and therefore what a document uuid may be).
-KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
 RESERVED = frozenset({"uuid", "objects", "dirty_fields", "is_dirty", "delete"})
 _SLOTS = ("_odm_coll", "_odm_dirty", "_odm_inflight", "_odm_raw", "_odm_rev")
 _IMMUTABLE_SCALARS: frozenset[Any] = frozenset({str, int, float, bool, bytes, type(None), _uuid.UUID})

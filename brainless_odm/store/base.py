@@ -17,18 +17,37 @@ Semantics every implementation keeps:
   duplicate window is not applied again and reports the revision of the first. The
   compare-and-set is checked first (JetStream's order): a retry whose ``expected_revision`` is
   stale by then (its first attempt landed, or anything else was written) gets a ``Conflict``.
-* ``watch(after)`` yields every entry with revision > ``after`` in revision order, live, until the
-  iterator is closed; across a lost connection it resumes where it stopped, never skipping one.
+* ``watch(after)`` yields every *retained* entry with revision > ``after`` in revision order (up to
+  ``history`` per key; a purge leaves only its marker), live, until the iterator is closed; across a
+  lost connection it resumes where it stopped, never skipping one. A deleted bucket ends it with
+  ``BucketNotFound``.
+* With a ``ttl``, an entry is removed ``ttl`` seconds after its write; where it was the key's latest
+  (a put or a delete marker) the store writes a ``PURGE`` marker with reason ``"MaxAge"`` (delivered by
+  the watch like any entry), which is itself removed ``ttl`` later. The duplicate window is then
+  ``min(120 s, ttl)``.
+* A bucket is addressed by name: after it is deleted and created again, a handle of the old one
+  reads and writes the new one (empty, revisions from 1 again).
+* Keys, bucket names, ``msg_id`` and value sizes are checked by the helpers below, the same for
+  every store.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..exceptions import InvalidKey, PayloadTooLarge, StoreError
+
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "DUPLICATE_WINDOW",
+    "HEADER_ROOM",
+    "KEY_PATTERN",
+    "MAX_KEY",
+    "MAX_MSG_ID",
     "Bucket",
     "BucketConfig",
     "Conflict",
@@ -38,7 +57,32 @@ __all__ = [
     "Snapshot",
     "WriteOp",
     "WriteResult",
+    "check_bucket_name",
+    "check_key",
+    "check_op",
+    "duplicate_window",
+    "valid_key",
 ]
+
+#: Bytes of a message the server counts besides the value (against its ``max_payload`` and the
+#: stream's ``max_msg_size``): the largest header block a write sends. A put with a ``msg_id`` of
+#: ``MAX_MSG_ID`` characters and an expected revision of 20 digits has 342 bytes of headers, a
+#: delete 361 (and no value); the rest is margin.
+HEADER_ROOM = 384
+#: The longest ``msg_id`` (a ``Nats-Msg-Id`` header): 1-256 printable ASCII characters, no space.
+MAX_MSG_ID = 256
+#: The longest key. The subject of a publish carries it, and a control line over the server's
+#: limit (4 KB) makes the server close the connection, which nats-py then abandons for good.
+MAX_KEY = 1024
+#: NATS' default ``max_payload``: the in-memory store's message size limit.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: Seconds a ``msg_id`` is remembered (JetStream KV's default duplicate window).
+DUPLICATE_WINDOW = 120.0
+
+#: NATS KV keys: tokens of ``A-Z a-z 0-9 - / _ =`` separated by single dots.
+KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
+_KEY_MATCH = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*").fullmatch
+_BUCKET_MATCH = re.compile(r"[a-zA-Z0-9_-]+").fullmatch
 
 
 class Operation(enum.Enum):
@@ -142,7 +186,8 @@ class Bucket(Protocol):
         ...
 
     async def purge_deletes(self) -> None:
-        """Drop delete markers (housekeeping); optional to do anything."""
+        """Drop delete markers (housekeeping); optional to do anything, and when is up to the store
+        (NATS keeps markers younger than 30 minutes, memory drops them all)."""
         ...
 
 
@@ -154,10 +199,74 @@ class KVStore(Protocol):
         """Open ``name`` (already namespaced), creating it where missing."""
         ...
 
-    async def delete_bucket(self, name: str) -> bool: ...
+    async def delete_bucket(self, name: str) -> bool:
+        """Delete ``name`` and its data; ``False`` if it did not exist. Open handles of it fail with
+        ``BucketNotFound`` until the bucket is opened again (then they address the new one)."""
+        ...
 
-    async def list_buckets(self) -> list[str]: ...
+    async def list_buckets(self) -> list[str]:
+        """The buckets this store lists, sorted: on NATS those of its namespace; a ``MemoryStore``
+        has no namespace and lists all of its own."""
+        ...
 
     async def close(self) -> None:
         """Release what the store opened (never the caller's NATS connection)."""
         ...
+
+
+# -- checks shared by every store ---------------------------------------------------------
+
+
+def valid_key(key: str) -> bool:
+    """Can a bucket hold ``key``? (NATS KV tokens separated by single dots, at most ``MAX_KEY``.)"""
+    return len(key) <= MAX_KEY and _KEY_MATCH(key) is not None
+
+
+def _invalid_key(key: str) -> InvalidKey:
+    shown = key if len(key) <= 60 else f"{key[:40]}...({len(key)} characters)"
+    return InvalidKey(
+        f"{shown!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = and dots between them, "
+        f"at most {MAX_KEY} characters)"
+    )
+
+
+def check_key(key: str) -> None:
+    """Raise ``InvalidKey`` unless :func:`valid_key`."""
+    if not valid_key(key):
+        raise _invalid_key(key)
+
+
+def check_bucket_name(name: str) -> None:
+    """Raise ``InvalidKey`` for a name NATS does not allow for a KV bucket."""
+    if _BUCKET_MATCH(name) is None:
+        raise InvalidKey(f"{name!r} is not a valid NATS KV bucket name (allowed: A-Z a-z 0-9 - _)")
+
+
+def check_op(bucket: str, op: WriteOp, limit: int) -> StoreError | None:
+    """What is wrong with ``op`` before it is sent to bucket ``bucket`` whose values may have at
+    most ``limit`` bytes: ``InvalidKey``, a ``StoreError`` for a bad ``msg_id``, ``PayloadTooLarge``;
+    ``None`` if nothing."""
+    key = op.key
+    if len(key) > MAX_KEY or _KEY_MATCH(key) is None:
+        return _invalid_key(key)
+    msg_id = op.msg_id
+    # Printable ASCII without space (what a header value may be): ``[!-~]{1,256}``, without a regex.
+    if msg_id is not None and not (
+        0 < len(msg_id) <= MAX_MSG_ID and msg_id.isascii() and msg_id.isprintable() and " " not in msg_id
+    ):
+        return StoreError(
+            f"{bucket}/{key}: msg_id must be 1-{MAX_MSG_ID} printable ASCII characters without spaces"
+        )
+    value = op.value
+    if value is not None and len(value) > limit:
+        return PayloadTooLarge(
+            f"{bucket}/{key}: value is {len(value)} bytes, the limit is {limit} bytes",
+            size=len(value),
+            limit=limit,
+        )
+    return None
+
+
+def duplicate_window(config: BucketConfig) -> float:
+    """Seconds a bucket remembers a ``msg_id``: two minutes, or the ``ttl`` if shorter."""
+    return min(DUPLICATE_WINDOW, config.ttl) if config.ttl else DUPLICATE_WINDOW

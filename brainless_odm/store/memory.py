@@ -8,31 +8,65 @@ several nodes — they see each other's changes through the watch, conflicts and
 from __future__ import annotations
 
 import asyncio
-import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from ..exceptions import BucketNotFound, InvalidKey, PayloadTooLarge
-from .base import BucketConfig, Conflict, Entry, Operation, Snapshot, WriteOp, WriteResult
+from ..exceptions import BucketNotFound
+from .base import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_ROOM,
+    BucketConfig,
+    Conflict,
+    Entry,
+    Operation,
+    Snapshot,
+    WriteOp,
+    WriteResult,
+    check_bucket_name,
+    check_key,
+    check_op,
+    duplicate_window,
+)
 
 __all__ = ["MemoryBucket", "MemoryStore"]
 
-_KEY_RE = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
-DEFAULT_MAX_VALUE = 1024 * 1024  # NATS' default max_payload
-DUPLICATE_WINDOW = 120.0  # seconds, as JetStream KV
+#: NATS' default max payload less the room for our headers: what a NATS bucket takes by default.
+DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
 
 
 class MemoryBucket:
-    """One bucket: the latest entry per key plus live watchers."""
+    """One bucket: the latest entry per key, up to ``history - 1`` older ones, and live watchers.
+
+    With a ``ttl`` an entry is removed ``ttl`` seconds after its write, as JetStream's ``max_age``
+    removes it; where it was its key's latest (a put or a delete marker) a ``PURGE`` marker with
+    reason ``"MaxAge"`` takes its place (the server's subject delete marker), and goes itself ``ttl``
+    later (its own TTL is ``max(ttl, 1 s)``, but ``max_age`` applies to it too). A timer does it for
+    watchers; reads and writes expire what is due first, so they never see an entry past its time.
+    """
 
     def __init__(self, name: str, config: BucketConfig) -> None:
         self._name = name
-        self.config = config
-        self._latest: dict[str, Entry] = {}
-        self._revision = 0
         self._watchers: set[asyncio.Queue[Entry | None]] = set()
-        self._msg_ids: dict[str, tuple[float, int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset(config)
+
+    def _reset(self, config: BucketConfig) -> None:
+        """Empty, revision 0, ``config``: a bucket just created."""
+        self.config = config
         self.deleted = False
+        self._latest: dict[str, Entry] = {}
+        # Superseded entries still retained (``history`` > 1), oldest first: what a watch replays.
+        self._older: dict[str, deque[Entry]] = {}
+        self._keep = max(config.history, 1) - 1
+        self._revision = 0
+        self._msg_ids: dict[str, tuple[float, int]] = {}
+        self._limit = config.max_value_size or DEFAULT_MAX_VALUE
+        self._ttl = float(config.ttl) if config.ttl else None
+        self._window = duplicate_window(config)
+        # (write time + ttl, key, revision) of every entry, in write order: deadlines in order.
+        self._expiry: deque[tuple[float, str, int]] = deque()
+        self._cancel_timer()
 
     @property
     def name(self) -> str:
@@ -40,12 +74,14 @@ class MemoryBucket:
 
     @property
     def max_value_size(self) -> int:
-        limit = self.config.max_value_size
-        return min(limit, DEFAULT_MAX_VALUE) if limit else DEFAULT_MAX_VALUE
+        """The bucket's ``max_value_size``, or what a NATS bucket takes by default."""
+        return self._limit
 
     def _check(self) -> None:
         if self.deleted:
             raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+        if self._ttl is not None:
+            self._expire(time.monotonic())
 
     async def load(self) -> Snapshot:
         self._check()
@@ -55,43 +91,113 @@ class MemoryBucket:
     async def watch(self, after: int) -> AsyncIterator[Entry]:
         self._check()
         queue: asyncio.Queue[Entry | None] = asyncio.Queue()
-        # Same tick as the registration below: nothing can be written in between.
-        for entry in sorted(self._latest.values(), key=lambda e: e.revision):
-            if entry.revision > after:
-                queue.put_nowait(entry)
+        # Same tick as the registration below: nothing can be written in between. Every retained
+        # revision, as a NATS consumer replays the stream (up to ``history`` per key).
+        replay = [e for e in self._latest.values() if e.revision > after]
+        for older in self._older.values():
+            replay.extend(e for e in older if e.revision > after)
+        replay.sort(key=lambda e: e.revision)
+        for entry in replay:
+            queue.put_nowait(entry)
         self._watchers.add(queue)
         try:
             while True:
                 item = await queue.get()
-                if item is None:
-                    return
+                if item is None:  # as a NATS watch whose stream is gone
+                    raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
                 yield item
         finally:
             self._watchers.discard(queue)
 
     async def get(self, key: str) -> Entry | None:
         self._check()
+        check_key(key)
         return self._latest.get(key)
 
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
         self._revision += 1
         entry = Entry(key=key, value=value, revision=self._revision, operation=op, reason=reason)
+        if self._keep:
+            prev = self._latest.get(key)
+            if prev is not None:
+                older = self._older.get(key)
+                if older is None:
+                    older = self._older[key] = deque(maxlen=self._keep)
+                older.append(prev)
         self._latest[key] = entry
         for q in self._watchers:
             q.put_nowait(entry)
+        if self._ttl is not None:
+            self._track(entry)
         return self._revision
+
+    # -- expiry (ttl) ---------------------------------------------------------------------------
+
+    def _track(self, entry: Entry) -> None:
+        now = time.monotonic()
+        deadline = now + (self._ttl or 0.0)
+        self._expiry.append((deadline, entry.key, entry.revision))
+        if self._timer is None:  # else it is set for an earlier deadline (they come in order)
+            self._schedule(deadline, now)
+
+    def _schedule(self, deadline: float, now: float) -> None:
+        self._cancel_timer()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - writes run in a loop; reads expire what is due
+            return
+        self._timer = loop.call_later(max(0.0, deadline - now), self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.deleted:
+            return
+        now = time.monotonic()
+        self._expire(now)
+        if self._expiry:
+            # Not the deadline of a marker written just now (which set the timer): the earliest.
+            self._schedule(self._expiry[0][0], now)
+
+    def _expire(self, now: float) -> None:
+        """Remove what is past its time, as JetStream does (MaxAge markers in place of the latest
+        entries of keys)."""
+        queue = self._expiry
+        while queue and queue[0][0] <= now:
+            _, key, rev = queue.popleft()
+            latest = self._remove(key, rev)
+            if latest is not None and latest.operation is not Operation.PURGE and latest.reason is None:
+                # The key's latest, a put or a delete marker: the server writes a marker in its
+                # place (a purge marker, or a marker of its own, goes without one).
+                self._append(key, b"", Operation.PURGE, "MaxAge")
+
+    def _remove(self, key: str, rev: int) -> Entry | None:
+        """Forget revision ``rev`` of ``key`` if it is still retained; the entry if it was the
+        key's latest (whose older revisions, written before it, are gone already)."""
+        latest = self._latest.get(key)
+        if latest is not None and latest.revision == rev:
+            del self._latest[key]
+            self._older.pop(key, None)
+            return latest
+        older = self._older.get(key)
+        if older and older[0].revision == rev:
+            older.popleft()
+            if not older:
+                del self._older[key]
+        return None
+
+    # -- writes ---------------------------------------------------------------------------------
 
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
         if self.deleted:
             return BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
-        if not _KEY_RE.match(op.key):
-            return InvalidKey(f"{op.key!r} is not a valid key (letters, digits, -/_= and inner dots)")
-        if op.value is not None and len(op.value) > self.max_value_size:
-            return PayloadTooLarge(
-                f"{self._name}/{op.key}: value is {len(op.value)} bytes, the limit is {self.max_value_size}",
-                size=len(op.value),
-                limit=self.max_value_size,
-            )
+        bad = check_op(self._name, op, self._limit)
+        if bad is not None:
+            return bad
         # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
         # expected revision went stale is refused even if its first attempt landed.
         if op.expected_revision is not None:
@@ -100,7 +206,7 @@ class MemoryBucket:
                 return Conflict(key=op.key, expected_revision=op.expected_revision)
         if op.msg_id is not None:
             seen = self._msg_ids.get(op.msg_id)
-            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+            if seen is not None and now - seen[0] < self._window:
                 return seen[1]
         if op.value is None:
             rev = self._append(op.key, b"", Operation.DELETE)
@@ -109,11 +215,14 @@ class MemoryBucket:
         if op.msg_id is not None:
             self._msg_ids[op.msg_id] = (now, rev)
             if len(self._msg_ids) > 100_000:
-                self._msg_ids = {k: v for k, v in self._msg_ids.items() if now - v[0] < DUPLICATE_WINDOW}
+                window = self._window
+                self._msg_ids = {k: v for k, v in self._msg_ids.items() if now - v[0] < window}
         return rev
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         now = time.monotonic()
+        if self._ttl is not None and not self.deleted:
+            self._expire(now)
         results = [self._write_one(op, now) for op in ops]
         await asyncio.sleep(0)  # a write is a suspension point, as on the network
         return results
@@ -121,19 +230,28 @@ class MemoryBucket:
     async def purge(self, key: str) -> int:
         """Drop every revision of ``key`` and leave a purge marker (as ``kv.purge``)."""
         self._check()
+        check_key(key)
+        self._latest.pop(key, None)
+        self._older.pop(key, None)
         return self._append(key, b"", Operation.PURGE)
 
     async def put_raw(self, key: str, value: bytes) -> int:
         """Store ``value`` as is, unconditionally (operators' and tests' back door)."""
         self._check()
+        check_key(key)
         return self._append(key, value, Operation.PUT)
 
     async def purge_deletes(self) -> None:
         for key, entry in list(self._latest.items()):
             if entry.operation is not Operation.PUT:
                 del self._latest[key]
+                self._older.pop(key, None)
 
-    def close_watchers(self) -> None:
+    def _delete(self) -> None:
+        """Deleted: the data goes, watches end with ``BucketNotFound``, every call fails with it
+        until the store opens the bucket again."""
+        self._reset(self.config)
+        self.deleted = True
         for q in self._watchers:
             q.put_nowait(None)
 
@@ -145,9 +263,14 @@ class MemoryStore:
         self._buckets: dict[str, MemoryBucket] = {}
 
     async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
+        check_bucket_name(name)
         bucket = self._buckets.get(name)
-        if bucket is None or bucket.deleted:
+        if bucket is None:
             bucket = self._buckets[name] = MemoryBucket(name, config)
+        elif bucket.deleted:
+            # Created again. A NATS bucket handle addresses the bucket by name, so the handles of
+            # the deleted one (a running database's) read and write the new one: same object.
+            bucket._reset(config)
         return bucket
 
     def bucket(self, name: str) -> MemoryBucket:
@@ -155,15 +278,15 @@ class MemoryStore:
         return self._buckets[name]
 
     async def delete_bucket(self, name: str) -> bool:
-        bucket = self._buckets.pop(name, None)
-        if bucket is None:
+        bucket = self._buckets.get(name)
+        if bucket is None or bucket.deleted:
             return False
-        bucket.deleted = True
-        bucket.close_watchers()
+        bucket._delete()
         return True
 
     async def list_buckets(self) -> list[str]:
-        return sorted(self._buckets)
+        """Every bucket of this store (there are no namespaces here), sorted."""
+        return sorted(name for name, bucket in self._buckets.items() if not bucket.deleted)
 
     async def close(self) -> None:
         """Nothing to release: the data lives as long as this object."""

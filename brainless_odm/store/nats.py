@@ -43,11 +43,11 @@ from brainless_odm.exceptions import (
     BucketNotFound,
     ConnectionClosed,
     ConnectionLost,
-    InvalidKey,
     PayloadTooLarge,
     StoreError,
 )
 from brainless_odm.store.base import (
+    HEADER_ROOM,
     BucketConfig,
     Conflict,
     Entry,
@@ -55,22 +55,14 @@ from brainless_odm.store.base import (
     Snapshot,
     WriteOp,
     WriteResult,
+    check_bucket_name,
+    check_key,
+    check_op,
 )
 
 __all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect"]
 
 log = logging.getLogger(__name__)
-
-# NATS KV key rules (same as nats.go / nats-py): these characters, no leading or trailing dot.
-_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
-_BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
-
-# The server counts headers against max_payload and the stream's max_msg_size, nats-py does not:
-# a message whose payload fits but whose headers push it over makes the server close the whole
-# connection. We send at most ~100 header bytes plus the msg id (capped below), so this margin
-# keeps every value accepted by the client-side check below the server's limit.
-_HEADER_ALLOWANCE = 512
-_MAX_MSG_ID = 256
 
 # JetStream API error codes (nats-server/server/errors.json).
 _ERR_STREAM_NOT_FOUND = 10059
@@ -122,7 +114,6 @@ _PUBLISH_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, nats.er
 
 _HDR_STRIP = " \t\n\r\x0b\x0c"  # what bytes.strip() removes
 _HDR_NAME_SPACE = re.compile("[\t\n\x0b\x0c\r\x1c-\x1f ]")  # what str.isspace() finds in ASCII
-_HDR_VALUE_RE = re.compile(r"[!-~]+")  # header values we send: printable ASCII, no space/CR/LF
 #: Writes up to this size go straight to an idle socket (see ``_Wire.send``); larger ones, and any
 #: write while the socket's send buffer holds more, go through nats-py's flusher.
 _DIRECT_MAX = 64 * 1024
@@ -410,10 +401,6 @@ def _signature_is(cls: type, name: str, params: tuple[str, ...]) -> bool:
         return tuple(inspect.signature(fn).parameters) == params
     except (TypeError, ValueError):
         return False
-
-
-def _valid_key(key: str) -> bool:
-    return _KEY_RE.fullmatch(key) is not None and not key.startswith(".") and not key.endswith(".")
 
 
 def _entry_kind(headers: dict[str, str] | None) -> tuple[Operation, str | None]:
@@ -993,12 +980,17 @@ class NatsBucket:
 
     @property
     def max_value_size(self) -> int:
-        """The largest value a put may carry: the server's max payload, or the bucket's
-        ``max_value_size`` if smaller, minus room for the headers we send."""
+        """The largest value a put may carry: the server's max payload, or the stream's
+        ``max_msg_size`` if smaller, minus ``HEADER_ROOM`` for the headers we send.
+
+        The server counts headers against both limits, nats-py does not: a message whose value
+        fits but whose headers push it over makes the server close the whole connection. A bucket
+        created here has ``max_msg_size = max_value_size + HEADER_ROOM``, so a value of exactly
+        the configured size fits."""
         limit = self._nc.max_payload
         if self._max_msg_size is not None:
             limit = min(limit, self._max_msg_size)
-        return max(0, limit - _HEADER_ALLOWANCE)
+        return max(0, limit - HEADER_ROOM)
 
     def _subject(self, key: str) -> str:
         return self._prefix + key
@@ -1120,8 +1112,7 @@ class NatsBucket:
 
     async def get(self, key: str) -> Entry | None:
         """The latest entry of ``key`` including delete/purge markers, or ``None`` if never written."""
-        if not _valid_key(key):
-            raise InvalidKey(f"{key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = .)")
+        check_key(key)
         subject = self._subject(key)
         if self._direct:
             if not self._nc.is_connected:
@@ -1188,27 +1179,6 @@ class NatsBucket:
         if entry is not None:
             rnd, i = entry
             rnd.settle(i, self._ack_result(rnd.ops[i], data, status))
-
-    def _check_op(self, op: WriteOp) -> StoreError | None:
-        if not _valid_key(op.key):
-            return InvalidKey(
-                f"{op.key!r} is not a valid NATS KV key (allowed: A-Z a-z 0-9 - / _ = ., "
-                "no leading or trailing dot)"
-            )
-        if op.msg_id is not None and (len(op.msg_id) > _MAX_MSG_ID or not _HDR_VALUE_RE.fullmatch(op.msg_id)):
-            return StoreError(
-                f"{self._name}/{op.key}: msg_id must be 1-{_MAX_MSG_ID} printable ASCII characters "
-                "without spaces"
-            )
-        if op.value is not None:
-            limit = self.max_value_size
-            if len(op.value) > limit:
-                return PayloadTooLarge(
-                    f"{self._name}/{op.key}: value is {len(op.value)} bytes, the limit is {limit} bytes",
-                    size=len(op.value),
-                    limit=limit,
-                )
-        return None
 
     def _ack_result(self, op: WriteOp, data: bytes, status: str | None) -> WriteResult:
         if status == "503":
@@ -1348,19 +1318,11 @@ class NatsBucket:
                 epoch = nc.stats["reconnects"]
                 while i < n and len(tokens) < room:
                     op = ops[i]
-                    bad = self._check_op(op)
+                    bad = check_op(self._name, op, self.max_value_size)
                     if bad is None and (not nc.is_connected or nc.is_draining_pubs):
                         # nats-py would buffer the publish until a reconnect and we would wait the
                         # full timeout for an ack; fail now, the engine retries (same msg_id).
                         bad = _disconnected(nc, f"{self._name}/{op.key}")
-                    if bad is None and op.value is not None and len(op.value) > nc.max_payload:
-                        # the server lowered max_payload since the check
-                        bad = PayloadTooLarge(
-                            f"{self._name}/{op.key}: value is {len(op.value)} bytes, over the server's "
-                            "max payload",
-                            size=len(op.value),
-                            limit=self.max_value_size,
-                        )
                     if bad is not None:
                         results[i] = bad
                         i += 1
@@ -1464,7 +1426,8 @@ def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
         "max_bytes": -1,
         "max_age": max_age,
         "max_msgs_per_subject": config.history,
-        "max_msg_size": config.max_value_size if config.max_value_size else -1,
+        # Room for our headers on top of the largest value: the server counts both.
+        "max_msg_size": config.max_value_size + HEADER_ROOM if config.max_value_size else -1,
         "storage": config.storage,
         "discard": "new",
         "num_replicas": config.replicas,
@@ -1521,8 +1484,7 @@ class NatsKVStore:
         An existing bucket is used as it is; where its settings differ from ``config`` a warning
         is logged (changing a bucket is an operator's decision, not a side effect of starting).
         """
-        if _BUCKET_RE.fullmatch(name) is None:
-            raise InvalidKey(f"{name!r} is not a valid NATS KV bucket name (allowed: A-Z a-z 0-9 - _)")
+        check_bucket_name(name)
         wanted = _stream_config(name, config)
         stream = wanted["name"]
         try:

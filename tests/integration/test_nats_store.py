@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
-from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge
-from brainless_odm.store.base import Bucket, BucketConfig, Conflict, Entry, KVStore, Operation, WriteOp
-from brainless_odm.store.memory import MemoryStore
+from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge, StoreError
+from brainless_odm.store.base import (
+    HEADER_ROOM,
+    MAX_MSG_ID,
+    Bucket,
+    BucketConfig,
+    Conflict,
+    Entry,
+    KVStore,
+    Operation,
+    WriteOp,
+)
+from brainless_odm.store.memory import MemoryBucket, MemoryStore
 from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
 from brainless_odm.testing import NatsServer, free_port
 
@@ -423,3 +433,320 @@ async def test_break_out_of_watch_unsubscribes(bucket: NatsBucket, nats_client: 
     while (await js.stream_info(stream)).state.consumer_count:
         assert time.monotonic() < deadline, "consumer not deleted"
         await asyncio.sleep(0.05)
+
+
+# -- the same semantics on both stores ----------------------------------------------------------
+#
+# Each test below runs against a real nats-server and against MemoryStore: the in-memory store is
+# the one unit tests and `Database(None)` use, so where it differs from NATS tests pass there and
+# applications fail on the server (or the other way round).
+
+
+@pytest.fixture(params=["nats", "memory"])
+async def any_store(request: pytest.FixtureRequest, store: NatsKVStore) -> KVStore:
+    return store if request.param == "nats" else MemoryStore()
+
+
+async def test_keys_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-keys", BucketConfig())
+    # Empty tokens ("a..b") are no subject the server accepts: nats-py published it and waited for
+    # an ack that never came. A key over ~4 KB overflows the server's control line, which closes
+    # the connection for good: both are refused before anything is sent.
+    bad = ["a..b", ".a", "a.", "", "a b", "a*b", "a>b", "é", "k" * 1025, "k" * 5000]
+    results = await asyncio.wait_for(bucket.write([WriteOp(k, b"v") for k in bad]), 2)
+    for key, result in zip(bad, results, strict=True):
+        assert isinstance(result, InvalidKey), (key[:20], result)
+        with pytest.raises(InvalidKey):
+            await bucket.get(key)
+    assert "at most 1024 characters" in str(results[-1])
+    assert len(str(results[-1])) < 200  # a 5000-character key is not repeated in the message
+    good = ["a.b.c", "-/_=", "k" * 1024]
+    ok = await bucket.write([WriteOp(k, b"v") for k in good])
+    assert all(isinstance(r, int) for r in ok), ok
+    for key in good:
+        assert await bucket.get(key) is not None
+    assert sorted(e.key for e in (await bucket.load()).entries) == sorted(good)
+
+
+async def test_bucket_names_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    for name in (f"{brainless_namespace}-a.b", f"{brainless_namespace}-a b", "", "é"):
+        with pytest.raises(InvalidKey, match="not a valid NATS KV bucket name"):
+            await any_store.open_bucket(name, BucketConfig())
+
+
+async def test_msg_ids_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    name = f"{brainless_namespace}-ids"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    bad = ["", "has space", "x" * 257, "tab\there", "é"]
+    results = await bucket.write([WriteOp(f"k{i}", b"v", msg_id=m) for i, m in enumerate(bad)])
+    for i, result in enumerate(results):
+        assert type(result) is StoreError, result
+        assert str(result) == (f"{name}/k{i}: msg_id must be 1-256 printable ASCII characters without spaces")
+    assert all([await bucket.get(f"k{i}") is None for i in range(len(bad))])
+    # An empty id used to dedupe unrelated writes to other keys in memory.
+    again = await bucket.write([WriteOp("other", b"v", msg_id="")])
+    assert type(again[0]) is StoreError
+    ok = await bucket.write([WriteOp("a", b"v", msg_id="x" * 256), WriteOp("b", b"v", msg_id="!~")])
+    assert all(isinstance(r, int) for r in ok), ok
+
+
+async def test_value_size_limits_alike(any_store: KVStore, brainless_namespace: str) -> None:
+    """A value of exactly the bucket's max_value_size fits, with the largest headers a write
+    sends (a 256-character msg id and an expected revision); one byte more does not, with the
+    same error on both stores. (NATS used to keep 512 bytes of a configured size for headers, so a
+    bucket_max_value_size up to 512 refused every write.)"""
+    default = await any_store.open_bucket(f"{brainless_namespace}-default", BucketConfig())
+    assert default.max_value_size == 1024 * 1024 - HEADER_ROOM  # the test server's max payload: 1 MiB
+    for limit in (1, 300, 1000, 1024 * 1024 - HEADER_ROOM):
+        name = f"{brainless_namespace}-max{limit}"
+        cfg = BucketConfig(max_value_size=limit) if limit < 1024 * 1024 - HEADER_ROOM else BucketConfig()
+        bucket = await any_store.open_bucket(name, cfg)
+        assert bucket.max_value_size == limit
+        msg_id = "m" * MAX_MSG_ID
+        fits, too_big = await bucket.write(
+            [
+                WriteOp("k", b"x" * limit, expected_revision=0, msg_id=msg_id),
+                WriteOp("big", b"x" * (limit + 1), expected_revision=0, msg_id="other"),
+            ]
+        )
+        rev = _revision(fits)
+        assert isinstance(too_big, PayloadTooLarge)
+        assert str(too_big) == f"{name}/big: value is {limit + 1} bytes, the limit is {limit} bytes"
+        assert (too_big.size, too_big.limit) == (limit + 1, limit)
+        # A delete carries one header more (and no value).
+        _revision(
+            (await bucket.write([WriteOp("k", None, expected_revision=rev, msg_id="d" * MAX_MSG_ID)]))[0]
+        )
+
+
+async def test_reopen_warns_only_on_real_differences(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    configs = (BucketConfig(max_value_size=1000), BucketConfig(), BucketConfig(ttl=2.5, history=3))
+    for i, cfg in enumerate(configs):
+        name = f"{brainless_namespace}-re{i}"
+        await store.open_bucket(name, cfg)
+        again = await NatsKVStore(nats_client, namespace=brainless_namespace).open_bucket(name, cfg)
+        assert again.max_value_size == (cfg.max_value_size or 1024 * 1024 - HEADER_ROOM)
+    assert "different settings" not in caplog.text
+    # A bucket made elsewhere with max_msg_size = 1000 holds values of 1000 - HEADER_ROOM bytes
+    # with our headers: a real difference, reported.
+    name = f"{brainless_namespace}-made"
+    await nats_client.jetstream().create_key_value(bucket=name, max_value_size=1000, direct=True)
+    made = await store.open_bucket(name, BucketConfig(max_value_size=1000))
+    assert made.max_value_size == 1000 - HEADER_ROOM
+    assert f"max_msg_size=1000 (wanted {1000 + HEADER_ROOM})" in caplog.text
+
+
+async def _purge(bucket: Bucket, nats_client: Client) -> Callable[[str], Awaitable[object]]:
+    """``kv.purge`` of ``bucket``'s store: MemoryBucket has it, on NATS an operator's through nats-py."""
+    if isinstance(bucket, NatsBucket):
+        kv = await nats_client.jetstream().key_value(bucket.name)
+        return kv.purge
+    assert isinstance(bucket, MemoryBucket)
+    return bucket.purge
+
+
+async def _replay(bucket: Bucket, after: int) -> list[tuple[str, int, Operation]]:
+    """What ``watch(after)`` yields until it has nothing more for a moment."""
+    got: list[tuple[str, int, Operation]] = []
+    watch = bucket.watch(after)
+    try:
+        while True:
+            try:
+                entry = await asyncio.wait_for(anext(watch), 0.3)
+            except asyncio.TimeoutError:
+                return got
+            got.append((entry.key, entry.revision, entry.operation))
+    finally:
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def test_watch_replays_every_retained_revision(
+    any_store: KVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """With history > 1 a watch replays every revision the bucket retains (up to ``history`` a
+    key), in revision order; memory used to replay only the latest one of each key."""
+    put, dele, purge = Operation.PUT, Operation.DELETE, Operation.PURGE
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-h3", BucketConfig(history=3))
+    await bucket.write(
+        [WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("b", b"1"), WriteOp("b", None), WriteOp("c", b"1")]
+    )
+    await bucket.write([WriteOp("a", b"3"), WriteOp("a", b"4")])  # a keeps 2, 6 and 7
+    assert await _replay(bucket, 0) == [
+        ("a", 2, put),
+        ("b", 3, put),
+        ("b", 4, dele),
+        ("c", 5, put),
+        ("a", 6, put),
+        ("a", 7, put),
+    ]
+    assert await _replay(bucket, 4) == [("c", 5, put), ("a", 6, put), ("a", 7, put)]
+    # A purge leaves only its marker.
+    await (await _purge(bucket, nats_client))("a")
+    assert await _replay(bucket, 0) == [("b", 3, put), ("b", 4, dele), ("c", 5, put), ("a", 8, purge)]
+    # get() and load() stay "the latest of each key".
+    snap = await bucket.load()
+    assert ([(e.key, e.revision) for e in snap.entries], snap.revision) == ([("c", 5)], 8)
+    latest = await bucket.get("b")
+    assert latest is not None
+    assert (latest.revision, latest.operation) == (4, dele)
+    # history=1 keeps the latest only.
+    single = await any_store.open_bucket(f"{brainless_namespace}-h1", BucketConfig())
+    await single.write([WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("b", b"1")])
+    assert await _replay(single, 0) == [("a", 2, put), ("b", 3, put)]
+
+
+async def test_ttl_expires_entries_with_a_marker(
+    any_store: KVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """An entry older than the bucket's ttl is removed; where it was its key's latest (a put or a
+    delete marker) a PURGE marker with reason "MaxAge" takes its place (the watch delivers it),
+    itself removed a ttl later; a purge marker goes without one. The duplicate window is the
+    ttl. Memory used to keep everything forever."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ttl", BucketConfig(ttl=1.0, history=3))
+    purge = await _purge(bucket, nats_client)
+    watch = bucket.watch(0)
+    got: list[Entry] = []
+
+    async def collect() -> None:
+        async for entry in watch:
+            got.append(entry)
+
+    task = asyncio.create_task(collect())
+    try:
+        first = await bucket.write(
+            [WriteOp("a", b"1"), WriteOp("a", b"2"), WriteOp("d", b"1"), WriteOp("d", None)]
+        )
+        assert first == [1, 2, 3, 4]
+        await purge("p")  # 5
+        dup = await bucket.write([WriteOp("m", b"1", msg_id="once")])  # 6
+        assert await bucket.write([WriteOp("m", b"1", msg_id="once")]) == dup
+        await _wait_for(lambda: len(got) >= 9, 5, "the MaxAge markers")
+        assert [(e.key, e.revision, e.operation, e.reason) for e in got[6:]] == [
+            ("a", 7, Operation.PURGE, "MaxAge"),
+            ("d", 8, Operation.PURGE, "MaxAge"),
+            ("m", 9, Operation.PURGE, "MaxAge"),
+        ]
+        assert all(e.value == b"" for e in got[6:])
+        marker = await bucket.get("a")
+        assert marker is not None
+        assert (marker.operation, marker.reason) == (Operation.PURGE, "MaxAge")
+        assert await bucket.get("p") is None  # the purge marker expired without a trace
+        assert (await bucket.load()).entries == []
+        # The duplicate window was the ttl: the same msg id is a new write now.
+        again = _revision((await bucket.write([WriteOp("m2", b"1", msg_id="once")]))[0])
+        assert again > 9
+        # The marker goes too, and the key reads as never written.
+        deadline = time.monotonic() + 5
+        while await bucket.get("a") is not None:
+            assert time.monotonic() < deadline, "the MaxAge marker was not removed"
+            await asyncio.sleep(0.05)
+        assert _revision((await bucket.write([WriteOp("a", b"new", expected_revision=0)]))[0]) > again
+        assert not any(e.key == "a" and e.reason for e in got[9:])  # no marker for a marker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def test_a_recreated_bucket_is_the_same_to_old_handles(
+    any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """A bucket handle addresses its bucket by name: deleted, it fails with BucketNotFound (its
+    watch too, where memory ended it quietly); created again (by anyone), the old handle reads and
+    writes the new bucket, whose revisions start again. Memory's old handle stayed dead."""
+    other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
+    name = f"{brainless_namespace}-again"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"1")]) == [1, 2]
+    watch = bucket.watch(2)
+    pending = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0.3)  # the watch is running
+    assert await other.delete_bucket(name) is True
+    assert await other.delete_bucket(name) is False
+    with pytest.raises(BucketNotFound):
+        await asyncio.wait_for(pending, 5)
+    aclose = getattr(watch, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    (gone,) = await bucket.write([WriteOp("a", b"2")])
+    assert isinstance(gone, BucketNotFound)
+    with pytest.raises(BucketNotFound):
+        await bucket.get("a")
+    with pytest.raises(BucketNotFound):
+        await bucket.load()
+    assert name not in await any_store.list_buckets()
+
+    fresh = await other.open_bucket(name, BucketConfig(history=2))
+    assert await fresh.write([WriteOp("z", b"1")]) == [1]
+    assert await bucket.write([WriteOp("a", b"3", expected_revision=0)]) == [2]
+    assert await bucket.get("z") == Entry("z", b"1", 1)
+    assert await bucket.get("b") is None
+    snap = await bucket.load()
+    assert (sorted(e.key for e in snap.entries), snap.revision) == (["a", "z"], 2)
+    assert [(k, r) for k, r, _op in await _replay(bucket, 0)] == [("z", 1), ("a", 2)]
+    assert name in await any_store.list_buckets()
+
+
+async def test_ttl_with_history_forgets_superseded_markers(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """A MaxAge marker superseded by a new write (history > 1 keeps it as an older revision) goes
+    a ttl after it was written, like any entry (its own TTL of a second does not keep it longer)."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ttlh", BucketConfig(ttl=0.5, history=5))
+    purge = Operation.PURGE
+
+    async def latest() -> tuple[int, Operation] | None:
+        entry = await bucket.get("a")
+        return None if entry is None else (entry.revision, entry.operation)
+
+    await bucket.write([WriteOp("a", b"1")])
+    deadline = time.monotonic() + 5
+    while await latest() != (2, purge):
+        assert time.monotonic() < deadline, "no MaxAge marker"
+        await asyncio.sleep(0.01)
+    assert await bucket.write([WriteOp("a", b"2", expected_revision=2)]) == [3]
+    while await latest() != (4, purge):
+        assert time.monotonic() < deadline, "no second MaxAge marker"
+        await asyncio.sleep(0.01)
+    assert await _replay(bucket, 0) == [("a", 4, purge)]
+
+
+async def test_ttl_markers_come_on_time_with_nobody_reading(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """Each entry expires about a ttl after its own write, with no read or write to prompt it:
+    a watcher alone gets the markers (the memory store's timer must not wait for a later marker's
+    deadline)."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ontime", BucketConfig(ttl=1.0))
+    arrived: dict[str, float] = {}
+    watch = bucket.watch(0)
+
+    async def collect() -> None:
+        async for entry in watch:
+            if entry.reason == "MaxAge":
+                arrived[entry.key] = time.monotonic()
+
+    task = asyncio.create_task(collect())
+    try:
+        written = {}
+        for key in ("a", "b", "c"):
+            await bucket.write([WriteOp(key, b"1")])
+            written[key] = time.monotonic()
+            await asyncio.sleep(0.5)
+        await _wait_for(lambda: len(arrived) == 3, 5, "three MaxAge markers")
+        late = {k: round(arrived[k] - written[k] - 1.0, 2) for k in written}
+        assert all(-0.05 < v < 0.4 for v in late.values()), late  # NATS checks expiry every ~0.25 s
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
