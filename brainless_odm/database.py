@@ -42,10 +42,12 @@ DEAD_LETTERS = "_dead_letters"
 # 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH = 0x01B21DD213814000
 
-# Started databases by document class, in start order: the first one is the default binding.
 #: Flushes stop() makes at most, when changes keep coming while it flushes.
 _STOP_ROUNDS = 5
+#: Seconds stop() gives the async event callbacks still running before it cancels them.
+_DRAIN_TIMEOUT = 5.0
 
+# Started databases by document class, in start order: the first one is the default binding.
 _bound: dict[type[Document], list[Database]] = {}
 # Callbacks registered on Call.objects (no database given) apply to every database holding Call.
 _class_listeners: dict[type[Document], Listeners] = {}
@@ -232,7 +234,8 @@ class Database:
 
                 self._store, self._own_store = NatsKVStore(nc, namespace=self.namespace), True
             for cls in self._classes():
-                coll: Collection[Any] = Collection(self, cls, class_listeners(cls))
+                # Class-level callbacks fire here too, but the tasks they start are this database's.
+                coll: Collection[Any] = Collection(self, cls, class_listeners(cls).for_database())
                 bucket = await self._store.open_bucket(
                     self.bucket_name(cls.__odm__.collection), cls.__odm__.options.bucket
                 )
@@ -327,12 +330,30 @@ class Database:
             await coll.stop_watch()
         for coll in self._collections.values():
             coll.detach_all()
-            await coll.listeners.drain()
-            await coll.class_listeners.drain()
+        await self._drain_callbacks()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._store is not None and self._own_store:
             await self._store.close()
+
+    def _callback_tasks(self) -> set[asyncio.Task[Any]]:
+        """The async event callbacks this database started that are still running."""
+        tasks: set[asyncio.Task[Any]] = set()
+        for coll in self._collections.values():
+            tasks |= coll.listeners.running()
+            tasks |= coll.class_listeners.running()
+        return tasks
+
+    async def _drain_callbacks(self) -> None:
+        """Wait for the async callbacks still running; cancel those still running after
+        ``_DRAIN_TIMEOUT`` (a callback stuck forever must not make ``stop()`` hang)."""
+        tasks = self._callback_tasks()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=_DRAIN_TIMEOUT)
+        for task in pending:
+            log.warning("event callback still running after %.1fs at stop: cancelled", _DRAIN_TIMEOUT)
+            task.cancel()
 
     async def __aenter__(self) -> Self:
         return await self.start()
