@@ -183,6 +183,12 @@ class Database:
         self.node_id = secrets.token_hex(4)
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._stop_task: asyncio.Task[FlushError | None] | None = None  # the one stop, shared
+        self._stop_outcome: asyncio.Future[FlushError | None] | None = None  # once done flushing
+        self._stop_flush: asyncio.Task[int] | None = None  # stop()'s own flush under way
+        self._gave_up: BaseException | None = None  # why stop() gave up flushing
+        self._flush_owner: asyncio.Task[Any] | None = None  # the task inside flush()'s lock
+        self._interrupted: dict[asyncio.Task[Any], int] = {}  # flushes stop() cancelled: how often
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -262,67 +268,154 @@ class Database:
         documents still changing after that are reported in the ``FlushError``).
 
         Without ``timeout`` it waits until every pending change is acknowledged, however long the
-        server is away. With ``timeout`` it gives up flushing after that many seconds. Either way,
-        changes that could not be written are reported after stopping, in a ``FlushError`` naming
-        each document (they are lost with this process unless you act on it).
+        server is away. With ``timeout`` it gives up flushing after that many seconds: flushes other
+        tasks are awaiting then end too, with a ``FlushError``, and nothing is written after that.
+        Either way, changes that could not be written are reported after stopping, in a
+        ``FlushError`` naming each document (they are lost with this process unless you act on it).
+
+        Concurrent calls share one stop: each returns (or raises the same ``FlushError``) when it
+        is over, and the first to give up ends the flushing for all of them.
         """
-        if self._state in ("stopped", "new"):
+        if self._state == "new":
             self._state = "stopped"
             return
-        error: FlushError | None = None
+        task = self._stop_task
+        if task is None:
+            if self._state == "stopped":
+                return  # start() failed and released everything itself
+            loop = asyncio.get_running_loop()
+            self._stop_outcome = loop.create_future()
+            task = self._stop_task = loop.create_task(self._run_stop(), name=f"stop {self!r}")
+        elif task.done():
+            return  # an earlier stop() is over, and raised what it had to report
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if not done:
+            self._give_up(TimeoutError(f"not acknowledged within stop(timeout={timeout})"))
+            await asyncio.wait([task])
+        error = task.result()
+        if error is not None:
+            raise FlushError(list(error.failures))  # one exception per caller: no shared traceback
+
+    def _give_up(self, reason: BaseException) -> None:
+        """stop() waits no longer for acknowledgements: the flushes under way end, and what they
+        had not written is reported with ``reason``."""
+        if self._gave_up is not None or self._state != "started":
+            return  # already given up, or done flushing
+        self._gave_up = reason
+        self._unbind()
+        flush = self._stop_flush
+        if flush is not None and not flush.done():
+            flush.cancel()
+
+    async def _run_stop(self) -> FlushError | None:
+        """The one stop of this database, whoever asked: flush, then release everything."""
         self._stopping = True
-        try:
-            if self._state == "started":
-                await asyncio.wait_for(self._flush_for_stop(), timeout)
-        except FlushError as exc:
-            error = exc
-        except asyncio.TimeoutError:
-            task = self._flush_task
-            if task is not None and not task.done():
-                # The background flush may hold writes still awaiting their acks: back to pending
-                # first, so the report names them.
-                await cancel_and_wait(task)
-            late = TimeoutError(f"not acknowledged within stop(timeout={timeout})")
-            failures: list[tuple[str, str, BaseException]] = []
-            for coll in self._collections.values():
-                # Also what a flush of the application's own still holds, and what failed for good.
-                late_keys = (coll.dirty_keys() | set(coll.inflight_ids)) - set(coll.failed)
-                failures.extend((coll.name, key, late) for key in sorted(late_keys))
-                failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
-            error = FlushError(failures)
+        error: FlushError | None = None
+        if self._state == "started":
+            error = await self._flush_for_stop()
         self._state = "stopped"  # no await since the last check: nothing changed in between
+        outcome = self._stop_outcome
+        if outcome is not None and not outcome.done():
+            outcome.set_result(error)  # for flushes that waited their turn behind stop()'s
         if error is not None:
             log.error("%r: stopping with unwritten changes: %s", self, error)
         await self._shutdown()
-        if error is not None:
-            raise error
+        return error
 
-    async def _flush_for_stop(self) -> None:
+    async def _flush_for_stop(self) -> FlushError | None:
         """Flush until nothing is left: a change made while a flush was writing is not in it.
-        Changes still coming after a few rounds are reported, not waited for."""
+        Changes still coming after a few rounds are reported, not waited for. Returns what could
+        not be written."""
+        loop = asyncio.get_running_loop()
         for _ in range(_STOP_ROUNDS):
-            await self.flush()
-            if not any(c.pending or c.deletes for c in self._collections.values()):
-                return
-        busy = DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()")
-        raise FlushError(
-            [
-                (coll.name, key, busy)
-                for coll in self._collections.values()
-                for key in sorted(coll.dirty_keys())
-            ]
-        )
+            exc: BaseException | None = None
+            if self._gave_up is None:
+                # A task of its own, so that giving up can cancel it whoever is waiting.
+                flush = self._stop_flush = loop.create_task(self.flush())
+                await asyncio.wait([flush])
+                self._stop_flush = None
+                exc = None if flush.cancelled() else flush.exception()
+            if self._gave_up is not None:
+                return await self._abandon(self._gave_up)
+            if isinstance(exc, FlushError):
+                return exc
+            if exc is not None:
+                log.error("%r: stop() could not flush", self, exc_info=exc)
+                return self._unwritten(exc)
+            if not self._busy():
+                return None
+        return self._unwritten(DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()"))
 
-    async def _shutdown(self) -> None:
+    def _busy(self) -> bool:
+        """Whether anything is left to write."""
+        return any(c.pending or c.deletes for c in self._collections.values())
+
+    def _unwritten(self, reason: BaseException) -> FlushError:
+        """Every document left unwritten: ``reason`` for each, or why it failed."""
+        failures: list[tuple[str, str, BaseException]] = []
+        for coll in self._collections.values():
+            # Also what a flush still holds, and what failed for good.
+            keys = (coll.dirty_keys() | set(coll.inflight_ids)) - set(coll.failed)
+            failures.extend((coll.name, key, reason) for key in sorted(keys))
+            failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
+        return FlushError(failures)
+
+    async def _abandon(self, reason: BaseException) -> FlushError:
+        """stop() gave up: end every flush still writing, then name what is left unwritten."""
+        self._cancel_flush_timer()
+        task = self._flush_task
+        if task is not None and not task.done():
+            # The background flush may hold writes still awaiting their acks: back to pending
+            # first, so the report names them.
+            await cancel_and_wait(task)
+        # A flush an application task awaits: interrupted in the same way (it raises FlushError),
+        # as often as it takes (see cancel_and_wait), and only while it is inside the flush. Those
+        # waiting their turn see the database given up and write nothing.
+        lock = self._flush_lock
+        while True:
+            owner = self._flush_owner
+            if owner is not None and not owner.done():
+                self._interrupted[owner] = self._interrupted.get(owner, 0) + 1
+                owner.cancel()
+            try:
+                await asyncio.wait_for(lock.acquire(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            lock.release()
+            break
+        return self._unwritten(reason)
+
+    def _take_interrupt(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the cancellation ``task`` got came from stop() giving up (and from nobody else):
+        it then ends with an error of its own, not as cancelled."""
+        n = self._interrupted.pop(task, 0)
+        if not n:
+            return False
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is None:
+            return True
+        left = 0
+        for _ in range(n):
+            left = uncancel()
+        return left == 0
+
+    def _unbind(self) -> None:
+        """No longer the default database of its classes."""
         for cls in self._collections:
             dbs = _bound.get(cls)
             if dbs is not None and self in dbs:
                 dbs.remove(self)
                 if not dbs:
                     del _bound[cls]
+
+    def _cancel_flush_timer(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+
+    async def _shutdown(self) -> None:
+        self._unbind()
+        self._cancel_flush_timer()
         task = self._flush_task
         if task is not None and not task.done():
             await cancel_and_wait(task)
@@ -407,7 +500,7 @@ class Database:
     # -- flush -------------------------------------------------------------------------------------
     def schedule_flush(self) -> None:
         """A change is pending: flush ``flush_interval`` seconds after the first one."""
-        if self._flush_handle is not None or self._state != "started":
+        if self._flush_handle is not None or self._state != "started" or self._stopping:
             return
         if self._flush_task is not None and not self._flush_task.done():
             return  # the running flush reschedules itself if anything is left
@@ -424,7 +517,7 @@ class Database:
         self._flush_task = asyncio.get_running_loop().create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
-        if self._state != "started":
+        if self._state != "started" or self._stopping:
             # Its timer fired while stop() was flushing; stop() flushes until nothing is left.
             self._flush_task = None
             return
@@ -447,32 +540,37 @@ class Database:
         (too large, bad key, bucket gone) are reported together in a ``FlushError`` after every
         other document was written; they stay in memory and dirty.
         """
-        if self._state not in ("started",):
+        if self._state != "started":
             raise DatabaseError(f"{self!r} is not started")
         async with self._flush_lock:
-            targets: dict[Collection[Any], set[str]] = {}
-            for coll in self._collections.values():
-                if coll.failed:
-                    for key in coll.failed:
-                        coll.pending[key] = None
-                    coll.failed.clear()
-                keys = coll.dirty_keys()
-                if keys:
-                    targets[coll] = keys
-            written = 0
-            failures: list[tuple[str, str, BaseException]] = []
-            delay = 0.02
+            if self._gave_up is None and self._state == "started":
+                me = asyncio.current_task()
+                self._flush_owner = me
+                try:
+                    return await self._flush_locked(me)
+                finally:
+                    self._flush_owner = None
+        # stop() flushed (or gave up on) everything while this flush waited its turn.
+        return await self._outcome_of_stop()
+
+    async def _flush_locked(self, me: asyncio.Task[Any] | None) -> int:
+        targets: dict[Collection[Any], set[str]] = {}
+        for coll in self._collections.values():
+            if coll.failed:
+                for key in coll.failed:
+                    coll.pending[key] = None
+                coll.failed.clear()
+            keys = coll.dirty_keys()
+            if keys:
+                targets[coll] = keys
+        written = 0
+        failures: list[tuple[str, str, BaseException]] = []
+        delay = 0.02
+        try:
             while targets:
                 transient = False
                 for coll in list(targets):
-                    try:
-                        out = await coll.write(targets[coll])
-                    except BaseException:
-                        # Cancelled midway (or failed): what it took is pending again, and the
-                        # background flush writes it later, unless stop() is the one giving up.
-                        if not self._stopping:
-                            self.schedule_flush()
-                        raise
+                    out = await coll.write(targets[coll])
                     written += out.written
                     failures.extend(out.failures)
                     transient = transient or out.transient
@@ -483,9 +581,37 @@ class Database:
                 if targets and transient:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
-            if failures:
-                raise FlushError(failures)
-            return written
+        except BaseException as exc:
+            # Cancelled midway (or failed): what it took is pending again, and the background
+            # flush writes it later, unless stop() is the one giving up.
+            if not self._stopping:
+                self.schedule_flush()
+            if isinstance(exc, asyncio.CancelledError) and me is not None and self._take_interrupt(me):
+                # stop() gave up: this flush ends now, and what it had not written is named.
+                reason = DatabaseError(f"not written: stop() gave up on the database ({self._gave_up})")
+                failures.extend(
+                    (coll.name, key, reason)
+                    for coll, keys in targets.items()
+                    for key in sorted(keys & (coll.dirty_keys() | set(coll.inflight_ids)))
+                )
+                if not failures:
+                    return written
+                raise FlushError(failures) from None
+            raise
+        if failures:
+            raise FlushError(failures)
+        return written
+
+    async def _outcome_of_stop(self) -> int:
+        """For a flush that waited its turn while stop() ended the database: what stop() wrote
+        is written (0 more here), what it could not write is this flush's ``FlushError`` too."""
+        outcome = self._stop_outcome
+        if outcome is None:
+            raise DatabaseError(f"{self!r} is not started")
+        error = await asyncio.shield(outcome)
+        if error is not None:
+            raise FlushError(list(error.failures))
+        return 0
 
     # -- dead letters ------------------------------------------------------------------------------
     async def _dead_letters_bucket(self) -> Bucket:

@@ -4,8 +4,22 @@ during start(), stop() cancelled, and a database never stopped."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
-from brainless_odm import Database, Document, DocumentConfig, Registry
+import pytest
+
+from brainless_odm import (
+    ConnectionLost,
+    Database,
+    DatabaseError,
+    Document,
+    DocumentConfig,
+    FlushError,
+    MemoryStore,
+    Registry,
+)
+from brainless_odm.store.base import WriteOp
 
 REG = Registry()
 
@@ -17,6 +31,141 @@ class Base(Document, abstract=True):
 class Item(Base):
     name: str = ""
     n: int = 0
+
+
+class Outage:
+    """Stands in for a server that is away: while ``down``, every write is a lost connection
+    (retried for ever by flush()); ``calls`` counts the writes that reached the store."""
+
+    def __init__(self, db: Database, cls: type[Document] = Item) -> None:
+        self.down = False
+        self.calls = 0
+        coll = db.collection(cls)
+        self.inner = coll.bucket
+        coll.bucket = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def write(self, ops: Sequence[WriteOp]) -> list[Any]:
+        await asyncio.sleep(0.005)
+        if self.down:
+            return [ConnectionLost("server away")] * len(ops)
+        self.calls += 1
+        return list(await self.inner.write(ops))
+
+
+def stored(store: MemoryStore, namespace: str = "default") -> dict[str, int]:
+    """name -> n of what ``store`` holds for Item."""
+    bucket = store.bucket(f"{namespace}-item")
+    out: dict[str, int] = {}
+    for entry in bucket._latest.values():
+        if entry.value:
+            item = Item.model_validate_json(entry.value)
+            out[item.name] = item.n
+    return out
+
+
+# -- concurrent stop() and flush() -----------------------------------------------------------------
+async def test_a_flush_another_task_awaits_ends_when_stop_gives_up() -> None:
+    """It went on retrying on the stopped database, and wrote, once the server was back, what
+    stop() had reported unwritten."""
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    outage = Outage(db)
+    outage.down = True
+    Item.objects.using(db).add(name="x")
+    user = asyncio.create_task(db.flush())  # a request handler awaiting its write, say
+    await asyncio.sleep(0.05)
+    with pytest.raises(FlushError) as stopped:
+        await db.stop(timeout=0.1)
+    assert [str(e) for _, _, e in stopped.value.failures] == ["not acknowledged within stop(timeout=0.1)"]
+    done, _ = await asyncio.wait([user], timeout=1)
+    assert done, "the application's flush outlived stop()"
+    with pytest.raises(FlushError, match="stop\\(\\) gave up") as flushed:
+        user.result()
+    assert [k for _, k, _ in flushed.value.failures] == [k for _, k, _ in stopped.value.failures]
+    assert isinstance(flushed.value.failures[0][2], DatabaseError)
+    outage.down = False
+    await asyncio.sleep(0.1)
+    assert outage.calls == 0
+    assert stored(store) == {}
+
+
+async def test_a_flush_waiting_its_turn_behind_a_stop_that_gives_up_writes_nothing() -> None:
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    outage = Outage(db)
+    outage.down = True
+    Item.objects.using(db).add(name="x")
+    first = asyncio.create_task(db.flush())
+    await asyncio.sleep(0.02)
+    second = asyncio.create_task(db.flush())  # waits for the first one's lock
+    await asyncio.sleep(0.02)
+    with pytest.raises(FlushError):
+        await db.stop(timeout=0.1)
+    done, _ = await asyncio.wait([first, second], timeout=1)
+    assert len(done) == 2
+    for task in (first, second):
+        with pytest.raises(FlushError):
+            task.result()
+    outage.down = False
+    await asyncio.sleep(0.1)
+    assert outage.calls == 0
+
+
+async def test_a_flush_waiting_its_turn_while_stop_writes_everything_returns() -> None:
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    outage = Outage(db)
+    outage.down = True
+    Item.objects.using(db).add(name="x")
+    stopping = asyncio.create_task(db.stop())
+    await asyncio.sleep(0.02)  # stop()'s flush holds the lock, retrying
+    waiting = asyncio.create_task(db.flush())
+    await asyncio.sleep(0.02)
+    outage.down = False
+    assert await asyncio.wait_for(waiting, 1) == 0  # stop() wrote it
+    await stopping
+    assert stored(store) == {"x": 0}
+
+
+async def test_concurrent_stops_share_one_shutdown() -> None:
+    db = await Database(None, documents=[Item]).start()
+    closes = 0
+    close = db.store.close
+
+    async def counting_close() -> None:
+        nonlocal closes
+        closes += 1
+        await close()
+
+    db.store.close = counting_close  # type: ignore[method-assign]
+    Item.objects.using(db).add(name="x")
+    assert await asyncio.gather(db.stop(), db.stop()) == [None, None]
+    assert closes == 1
+
+
+async def test_a_timed_stop_gives_up_for_an_untimed_one_too() -> None:
+    """The untimed stop() went on writing after the timed one had reported the document lost."""
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    outage = Outage(db)
+    outage.down = True
+    Item.objects.using(db).add(name="y")
+    untimed = asyncio.create_task(db.stop())
+    await asyncio.sleep(0.02)
+    with pytest.raises(FlushError) as timed:
+        await db.stop(timeout=0.1)
+    done, _ = await asyncio.wait([untimed], timeout=1)
+    assert done, "the untimed stop() went on flushing"
+    with pytest.raises(FlushError) as other:
+        untimed.result()
+    assert other.value.failures == timed.value.failures
+    outage.down = False
+    await asyncio.sleep(0.1)
+    assert outage.calls == 0
+    assert stored(store) == {}
 
 
 # -- event callbacks at stop -----------------------------------------------------------------------
