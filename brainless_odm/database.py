@@ -275,6 +275,9 @@ class Database:
 
         Concurrent calls share one stop: each returns (or raises the same ``FlushError``) when it
         is over, and the first to give up ends the flushing for all of them.
+
+        Cancelled (e.g. by an ``asyncio.timeout`` around it), it gives up as a timeout would, still
+        stops, then lets the cancellation through: the unwritten documents are only logged.
         """
         if self._state == "new":
             self._state = "stopped"
@@ -288,7 +291,15 @@ class Database:
             task = self._stop_task = loop.create_task(self._run_stop(), name=f"stop {self!r}")
         elif task.done():
             return  # an earlier stop() is over, and raised what it had to report
-        done, _ = await asyncio.wait([task], timeout=timeout)
+        try:
+            done, _ = await asyncio.wait([task], timeout=timeout)
+        except asyncio.CancelledError:
+            # Cut short from outside (``asyncio.timeout`` around it, a cancelled task): it gives
+            # up as a timeout does, and still stops (unbinds, ends the watches, releases the
+            # store) before the cancellation goes on; the documents left unwritten are logged.
+            self._give_up(DatabaseError("not acknowledged before stop() was cancelled"))
+            await asyncio.wait([task])
+            raise
         if not done:
             self._give_up(TimeoutError(f"not acknowledged within stop(timeout={timeout})"))
             await asyncio.wait([task])

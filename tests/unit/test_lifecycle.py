@@ -17,6 +17,7 @@ from brainless_odm import (
     DocumentConfig,
     FlushError,
     MemoryStore,
+    NotBoundError,
     Registry,
 )
 from brainless_odm.store.base import WriteOp
@@ -166,6 +167,29 @@ async def test_a_timed_stop_gives_up_for_an_untimed_one_too() -> None:
     await asyncio.sleep(0.1)
     assert outage.calls == 0
     assert stored(store) == {}
+
+
+async def test_a_cancelled_stop_still_stops_and_logs_what_it_left(caplog: pytest.LogCaptureFixture) -> None:
+    """``asyncio.timeout`` around stop() while the server was away left the database started,
+    still the default binding, its watch running, and nothing said which documents were lost."""
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    outage = Outage(db)
+    outage.down = True
+    doc = Item.objects.using(db).add(name="x")
+    with caplog.at_level("ERROR", logger="brainless_odm"), pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(db.stop(), 0.1)
+    assert not db.started
+    assert db.documents == [Item]
+    with pytest.raises(NotBoundError):
+        len(Item.objects)
+    assert all(c.watch_task is None for c in db._collections.values())
+    assert doc.uuid is not None
+    assert any(doc.uuid in r.getMessage() and "cancelled" in r.getMessage() for r in caplog.records)
+    await db.stop()  # done already: returns
+    outage.down = False
+    await asyncio.sleep(0.05)
+    assert outage.calls == 0
 
 
 # -- event callbacks at stop -----------------------------------------------------------------------
