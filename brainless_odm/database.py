@@ -185,10 +185,14 @@ class Database:
         self._stopping = False
         self._stop_task: asyncio.Task[FlushError | None] | None = None  # the one stop, shared
         self._stop_outcome: asyncio.Future[FlushError | None] | None = None  # once done flushing
-        self._stop_flush: asyncio.Task[int] | None = None  # stop()'s own flush under way
+        self._stop_flush: asyncio.Task[None] | None = None  # stop()'s own flush under way
         self._gave_up: BaseException | None = None  # why stop() gave up flushing
         self._flush_owner: asyncio.Task[Any] | None = None  # the task inside flush()'s lock
         self._interrupted: dict[asyncio.Task[Any], int] = {}  # flushes stop() cancelled: how often
+        self._stop_callers: set[asyncio.Task[Any]] = set()  # tasks awaiting stop()
+        self._drain_deadline = 0.0  # loop time until which stop() waits for event callbacks
+        self._drain_wake: asyncio.Future[None] | None = None
+        self._stuck_callbacks: set[asyncio.Task[Any]] = set()  # cancelled, and still running
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -253,6 +257,7 @@ class Database:
             for coll in self._collections.values():
                 coll.start_watch()
         except BaseException:
+            self._drain_deadline = asyncio.get_running_loop().time() + _DRAIN_TIMEOUT
             await self._shutdown()
             self._state = "stopped"
             raise
@@ -287,10 +292,16 @@ class Database:
             if self._state == "stopped":
                 return  # start() failed and released everything itself
             loop = asyncio.get_running_loop()
+            self._drain_deadline = loop.time() + _DRAIN_TIMEOUT
             self._stop_outcome = loop.create_future()
             task = self._stop_task = loop.create_task(self._run_stop(), name=f"stop {self!r}")
         elif task.done():
             return  # an earlier stop() is over, and raised what it had to report
+        # An event callback awaiting stop() waits for the stop: the stop must not wait for it.
+        me = asyncio.current_task()
+        if me is not None:
+            self._stop_callers.add(me)
+            self._wake_drain()
         try:
             done, _ = await asyncio.wait([task], timeout=timeout)
         except asyncio.CancelledError:
@@ -300,6 +311,9 @@ class Database:
             self._give_up(DatabaseError("not acknowledged before stop() was cancelled"))
             await asyncio.wait([task])
             raise
+        finally:
+            if me is not None:
+                self._stop_callers.discard(me)
         if not done:
             self._give_up(TimeoutError(f"not acknowledged within stop(timeout={timeout})"))
             await asyncio.wait([task])
@@ -310,6 +324,9 @@ class Database:
     def _give_up(self, reason: BaseException) -> None:
         """stop() waits no longer for acknowledgements: the flushes under way end, and what they
         had not written is reported with ``reason``."""
+        # The callbacks still running are not waited for any more either.
+        self._drain_deadline = min(self._drain_deadline, asyncio.get_running_loop().time())
+        self._wake_drain()
         if self._gave_up is not None or self._state != "started":
             return  # already given up, or done flushing
         self._gave_up = reason
@@ -328,21 +345,28 @@ class Database:
         outcome = self._stop_outcome
         if outcome is not None and not outcome.done():
             outcome.set_result(error)  # for flushes that waited their turn behind stop()'s
+        late = await self._shutdown()
+        if late:
+            # Changed (by a callback, say) after the last flush: reported, not silently dropped.
+            failures = list(error.failures) if error is not None else []
+            known = {(c, k) for c, k, _ in failures}
+            reason = DatabaseError("changed after stop()'s last flush: not written")
+            failures.extend((c, k, reason) for c, k in late if (c, k) not in known)
+            error = FlushError(failures)
         if error is not None:
-            log.error("%r: stopping with unwritten changes: %s", self, error)
-        await self._shutdown()
+            log.error("%r: stopped with unwritten changes: %s", self, error)
         return error
 
     async def _flush_for_stop(self) -> FlushError | None:
-        """Flush until nothing is left: a change made while a flush was writing is not in it.
-        Changes still coming after a few rounds are reported, not waited for. Returns what could
-        not be written."""
+        """Flush, and let the event callbacks finish, until nothing is left: a change made while
+        a flush was writing (or by a callback) is not in it. Changes still coming after a few
+        rounds are reported, not waited for. Returns what could not be written."""
         loop = asyncio.get_running_loop()
         for _ in range(_STOP_ROUNDS):
             exc: BaseException | None = None
             if self._gave_up is None:
                 # A task of its own, so that giving up can cancel it whoever is waiting.
-                flush = self._stop_flush = loop.create_task(self.flush())
+                flush = self._stop_flush = loop.create_task(self._stop_round())
                 await asyncio.wait([flush])
                 self._stop_flush = None
                 exc = None if flush.cancelled() else flush.exception()
@@ -357,9 +381,16 @@ class Database:
                 return None
         return self._unwritten(DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()"))
 
+    async def _stop_round(self) -> None:
+        await self.flush()
+        # What the event callbacks still running change is written by the next round.
+        await self._drain_callbacks()
+
     def _busy(self) -> bool:
-        """Whether anything is left to write."""
-        return any(c.pending or c.deletes for c in self._collections.values())
+        """Whether anything is left to write, or a callback that may change something runs."""
+        return any(c.pending or c.deletes for c in self._collections.values()) or bool(
+            self._running_callbacks()
+        )
 
     def _unwritten(self, reason: BaseException) -> FlushError:
         """Every document left unwritten: ``reason`` for each, or why it failed."""
@@ -371,7 +402,7 @@ class Database:
             failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
         return FlushError(failures)
 
-    async def _abandon(self, reason: BaseException) -> FlushError:
+    async def _abandon(self, reason: BaseException) -> FlushError | None:
         """stop() gave up: end every flush still writing, then name what is left unwritten."""
         self._cancel_flush_timer()
         task = self._flush_task
@@ -394,7 +425,8 @@ class Database:
                 continue
             lock.release()
             break
-        return self._unwritten(reason)
+        error = self._unwritten(reason)
+        return error if error.failures else None
 
     def _take_interrupt(self, task: asyncio.Task[Any]) -> bool:
         """Whether the cancellation ``task`` got came from stop() giving up (and from nobody else):
@@ -424,7 +456,8 @@ class Database:
             self._flush_handle.cancel()
             self._flush_handle = None
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> list[tuple[str, str]]:
+        """Release everything; return the documents changed since the last flush."""
         self._unbind()
         self._cancel_flush_timer()
         task = self._flush_task
@@ -432,32 +465,57 @@ class Database:
             await cancel_and_wait(task)
         for coll in self._collections.values():
             await coll.stop_watch()
+        # The callbacks fired after stop()'s last drain (by the watch, until now): what they
+        # change is not written, but reported.
+        await self._drain_callbacks()
+        late = [(coll.name, key) for coll in self._collections.values() for key in sorted(coll.dirty_keys())]
         for coll in self._collections.values():
             coll.detach_all()
-        await self._drain_callbacks()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._store is not None and self._own_store:
             await self._store.close()
+        return late
 
-    def _callback_tasks(self) -> set[asyncio.Task[Any]]:
-        """The async event callbacks this database started that are still running."""
+    def _running_callbacks(self) -> set[asyncio.Task[Any]]:
+        """The async event callbacks this database started that are still running; not those
+        awaiting stop() (they wait for it), nor those that would not end when cancelled."""
         tasks: set[asyncio.Task[Any]] = set()
         for coll in self._collections.values():
             tasks |= coll.listeners.running()
             tasks |= coll.class_listeners.running()
-        return tasks
+        return tasks - self._stop_callers - self._stuck_callbacks
+
+    def _wake_drain(self) -> None:
+        wake = self._drain_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def _drain_callbacks(self) -> None:
-        """Wait for the async callbacks still running; cancel those still running after
-        ``_DRAIN_TIMEOUT`` (a callback stuck forever must not make ``stop()`` hang)."""
-        tasks = self._callback_tasks()
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=_DRAIN_TIMEOUT)
-        for task in pending:
-            log.warning("event callback still running after %.1fs at stop: cancelled", _DRAIN_TIMEOUT)
+        """Wait for the async callbacks still running, until ``_drain_deadline`` (``_DRAIN_TIMEOUT``
+        after stop() began); cancel those still running then: a callback stuck for ever must not
+        make ``stop()`` hang."""
+        loop = asyncio.get_running_loop()
+        while True:
+            tasks = self._running_callbacks()
+            if not tasks:
+                return
+            left = self._drain_deadline - loop.time()
+            if left <= 0:
+                break
+            # Woken early when a callback starts awaiting stop() (no longer to be waited for).
+            wake = self._drain_wake = loop.create_future()
+            try:
+                await asyncio.wait([*tasks, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._drain_wake = None
+                wake.cancel()
+        for task in tasks:
+            log.warning("event callback %r still running at stop(): cancelled", task.get_coro())
             task.cancel()
+        # What they do while unwinding (a finally: block) is still flushed, or reported.
+        _, stuck = await asyncio.wait(tasks, timeout=0.5)
+        self._stuck_callbacks |= stuck
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 from brainless_odm import (
     ConnectionLost,
@@ -19,6 +20,7 @@ from brainless_odm import (
     MemoryStore,
     NotBoundError,
     Registry,
+    database,
 )
 from brainless_odm.store.base import WriteOp
 
@@ -215,3 +217,126 @@ async def test_stopping_one_database_leaves_class_callbacks_of_another_running()
     finally:
         Item.objects.off(audit)
     assert finished == ["in-db2"]
+
+
+async def test_what_an_async_callback_changes_while_stop_runs_is_written() -> None:
+    """stop() flushed, detached the documents, and only then waited for the callbacks: what they
+    changed (here: the result of a slow call) was silently dropped."""
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+
+    async def on_change(old: Item | None, new: Item) -> None:
+        if old is None:
+            await asyncio.sleep(0.05)  # an HTTP call, say
+            new.n = 42
+
+    Item.objects.using(db).on_change(on_change, local=True)
+    Item.objects.using(db).add(name="x")
+    await asyncio.sleep(0)
+    await db.stop()
+    assert stored(store) == {"x": 42}
+
+
+async def test_a_change_made_after_stops_last_flush_is_reported() -> None:
+    store = MemoryStore()
+    db = await Database(store, flush_interval=60, documents=[Item]).start()
+    doc = Item.objects.using(db).add(name="x")
+    coll = db.collection(Item)
+    stop_watch = coll.stop_watch
+
+    async def change_then_stop_watch() -> None:
+        doc.n = 5  # as a callback the watch fired just before it ended would
+        await stop_watch()
+
+    coll.stop_watch = change_then_stop_watch  # type: ignore[method-assign]
+    with pytest.raises(FlushError, match="after stop\\(\\)'s last flush") as info:
+        await db.stop()
+    assert [(c, k) for c, k, _ in info.value.failures] == [("item", doc.uuid)]
+    assert stored(store) == {"x": 0}
+
+
+async def test_an_async_callback_may_await_stop() -> None:
+    """stop() waited five seconds for the very callback awaiting it, then cancelled it (which
+    then got CancelledError after its own stop() had returned)."""
+    db = await Database(None, flush_interval=60, documents=[Item]).start()
+    after: list[str] = []
+
+    async def on_delete(doc: Item) -> None:
+        await db.stop()
+        await asyncio.sleep(0)  # goes on normally once stop() returned
+        after.append(doc.name)
+
+    Item.objects.using(db).on_delete(on_delete, local=True)
+    Item.objects.using(db).delete(Item.objects.using(db).add(name="x"))
+    await wait_for(lambda: after, timeout=1, what="the callback to finish")
+    assert after == ["x"]
+    assert not db.started
+
+
+async def test_a_remote_change_callback_may_await_stop() -> None:
+    store = MemoryStore()
+    db = await Database(store, location="a", documents=[Item]).start()
+    other = await Database(store, location="b", documents=[Item]).start()
+    returned = asyncio.Event()
+
+    async def on_change(old: Item | None, new: Item) -> None:
+        await db.stop()
+        returned.set()
+
+    Item.objects.using(db).on_change(on_change)
+    Item.objects.using(other).add(name="x")
+    await other.flush()
+    await asyncio.wait_for(returned.wait(), 1)
+    await other.stop()
+
+
+async def test_a_callback_starting_to_await_stop_while_stop_waits_for_it() -> None:
+    db = await Database(None, flush_interval=60, documents=[Item]).start()
+    stopped_by_callback = asyncio.Event()
+
+    async def on_change(old: Item | None, new: Item) -> None:
+        await asyncio.sleep(0.05)  # stop() is waiting for this callback by now
+        await db.stop()
+        stopped_by_callback.set()
+
+    Item.objects.using(db).on_change(on_change, local=True)
+    Item.objects.using(db).add(name="x")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(db.stop(), 1)
+    await asyncio.wait_for(stopped_by_callback.wait(), 1)
+
+
+async def test_a_stuck_callback_is_cancelled_at_the_drain_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(database, "_DRAIN_TIMEOUT", 0.1)
+    db = await Database(None, flush_interval=60, documents=[Item]).start()
+    started = asyncio.Event()
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def stuck(old: Item | None, new: Item) -> None:
+        tasks.append(asyncio.current_task())
+        started.set()
+        await asyncio.Event().wait()
+
+    Item.objects.using(db).on_change(stuck, local=True)
+    Item.objects.using(db).add(name="x")
+    await started.wait()
+    with caplog.at_level("WARNING", logger="brainless_odm"):
+        await asyncio.wait_for(db.stop(), 2)
+    assert any("still running at stop(): cancelled" in r.getMessage() for r in caplog.records)
+    task = tasks[0]
+    assert task is not None
+    assert task.cancelled()
+
+
+async def test_a_timed_stop_does_not_wait_five_seconds_for_callbacks() -> None:
+    db = await Database(None, flush_interval=60, documents=[Item]).start()
+
+    async def slow(old: Item | None, new: Item) -> None:
+        await asyncio.sleep(30)
+
+    Item.objects.using(db).on_change(slow, local=True)
+    Item.objects.using(db).add(name="x")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(db.stop(timeout=0.1), 1)
