@@ -193,6 +193,8 @@ class Database:
         self._drain_deadline = 0.0  # loop time until which stop() waits for event callbacks
         self._drain_wake: asyncio.Future[None] | None = None
         self._stuck_callbacks: set[asyncio.Task[Any]] = set()  # cancelled, and still running
+        self._start_task: asyncio.Task[Any] | None = None  # the task in start(), until it ends
+        self._start_done: asyncio.Future[None] | None = None  # once start() has ended
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -229,10 +231,16 @@ class Database:
         return classes
 
     async def start(self) -> Self:
-        """Open (creating where missing) every collection's storage, load it, watch it."""
+        """Open (creating where missing) every collection's storage, load it, watch it.
+
+        A ``stop()`` called meanwhile ends it: it then raises ``DatabaseError`` (the database is
+        stopped, and can not be started again)."""
         if self._state != "new":
             raise DatabaseError(f"start() was already called on {self!r}; make a new Database")
         self._state = "starting"
+        me = asyncio.current_task()
+        self._start_task = me
+        done = self._start_done = asyncio.get_running_loop().create_future()
         try:
             nc = self._nc
             if nc is None:
@@ -250,21 +258,48 @@ class Database:
                     self.bucket_name(cls.__odm__.collection), cls.__odm__.options.bucket
                 )
                 self._collections[cls] = coll
+                self._check_not_stopped()
                 await coll.load(bucket)
                 poison, coll.poison = coll.poison, []
                 for entry, exc in poison:
                     await self.dead_letter(coll, entry, exc)
+                self._check_not_stopped()
             for coll in self._collections.values():
                 coll.start_watch()
-        except BaseException:
-            self._drain_deadline = asyncio.get_running_loop().time() + _DRAIN_TIMEOUT
-            await self._shutdown()
-            self._state = "stopped"
+        except BaseException as exc:
+            self._start_task = None  # stop() interrupts it no more: it stops by itself now
+            # stop() cancelled it: a DatabaseError, not a cancellation of the caller's task.
+            ours = me is not None and self._take_interrupt(me)
+            try:
+                self._drain_deadline = asyncio.get_running_loop().time() + _DRAIN_TIMEOUT
+                await self._shutdown()
+            finally:
+                self._state = "stopped"
+                done.set_result(None)
+            if ours and isinstance(exc, asyncio.CancelledError):
+                raise DatabaseError(f"stop() was called while start() ran: {self!r}") from None
             raise
+        self._start_task = None
         self._state = "started"
         for cls in self._collections:
             _bound.setdefault(cls, []).append(self)
+        done.set_result(None)
         return self
+
+    def _check_not_stopped(self) -> None:
+        """In start(): stop() was called (and its cancellation of start() did not get through)."""
+        if self._stop_task is not None:
+            raise DatabaseError(f"stop() was called while start() ran: {self!r}")
+
+    async def _abort_start(self, done: asyncio.Future[None]) -> None:
+        """stop() while start() runs: interrupt it (it releases what it opened, then raises
+        ``DatabaseError``) and wait until it has."""
+        while not done.done():
+            start = self._start_task
+            if start is not None and not start.done():
+                self._interrupted[start] = self._interrupted.get(start, 0) + 1
+                start.cancel()
+            await asyncio.wait([done], timeout=0.5)
 
     async def stop(self, *, timeout: float | None = None) -> None:
         """Flush everything, then stop watching and release the store. Idempotent.
@@ -287,6 +322,8 @@ class Database:
         if self._state == "new":
             self._state = "stopped"
             return
+        if self._state == "starting" and asyncio.current_task() is self._start_task:
+            raise DatabaseError("stop() was called from inside start()")  # it would wait for itself
         task = self._stop_task
         if task is None:
             if self._state == "stopped":
@@ -339,6 +376,13 @@ class Database:
         """The one stop of this database, whoever asked: flush, then release everything."""
         self._stopping = True
         error: FlushError | None = None
+        start = self._start_done
+        if start is not None and not start.done():
+            await self._abort_start(start)
+        if self._state == "stopped":  # start() released everything itself
+            if self._stop_outcome is not None and not self._stop_outcome.done():
+                self._stop_outcome.set_result(None)
+            return None
         if self._state == "started":
             error = await self._flush_for_stop()
         self._state = "stopped"  # no await since the last check: nothing changed in between

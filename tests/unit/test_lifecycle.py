@@ -340,3 +340,85 @@ async def test_a_timed_stop_does_not_wait_five_seconds_for_callbacks() -> None:
     Item.objects.using(db).add(name="x")
     await asyncio.sleep(0)
     await asyncio.wait_for(db.stop(timeout=0.1), 1)
+
+
+# -- stop() during start() -------------------------------------------------------------------------
+class Other(Base):
+    x: int = 0
+
+
+class SlowOpen(MemoryStore):
+    """A store whose second bucket opens only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opening = asyncio.Event()
+        self.release = asyncio.Event()
+        self.opened = 0
+
+    async def open_bucket(self, name: str, config: Any) -> Any:
+        self.opened += 1
+        if self.opened == 2:
+            self.opening.set()
+            await self.release.wait()
+        return await super().open_bucket(name, config)
+
+
+async def test_stop_during_start_ends_the_start() -> None:
+    """stop() returned "stopped", then start() went on and set "started": watches running, and the
+    default binding back on a database its owner had stopped."""
+    store = SlowOpen()
+    db = Database(store, documents=[Item, Other])
+    starting = asyncio.create_task(db.start())
+    await asyncio.wait_for(store.opening.wait(), 1)
+    await asyncio.wait_for(db.stop(), 1)
+    assert not db.started
+    done, _ = await asyncio.wait([starting], timeout=1)
+    assert done, "start() went on after stop()"
+    with pytest.raises(DatabaseError, match="stop\\(\\) was called while start\\(\\) ran"):
+        starting.result()
+    assert not starting.cancelled()
+    assert not db.started
+    assert all(c.watch_task is None for c in db._collections.values())
+    with pytest.raises(NotBoundError):
+        len(Item.objects)
+    await db.stop()  # still idempotent
+    with pytest.raises(DatabaseError, match="already called"):
+        await db.start()
+
+
+async def test_stop_during_start_that_ignores_the_cancellation() -> None:
+    """start() that goes on after stop() cancelled it (a store answering in the very iteration of
+    the cancellation) stops before it would start."""
+    store = SlowOpen()
+    real_wait = store.release.wait
+
+    async def deaf_wait() -> bool:
+        try:
+            return await real_wait()
+        except asyncio.CancelledError:
+            return True  # as nats-py's wait_for did before Python 3.12
+
+    store.release.wait = deaf_wait  # type: ignore[method-assign]
+    db = Database(store, documents=[Item, Other])
+    starting = asyncio.create_task(db.start())
+    await asyncio.wait_for(store.opening.wait(), 1)
+    await asyncio.wait_for(db.stop(), 1)
+    done, _ = await asyncio.wait([starting], timeout=1)
+    assert done, "start() went on after stop()"
+    with pytest.raises(DatabaseError, match="stop\\(\\) was called while start\\(\\) ran"):
+        starting.result()
+    assert not db.started
+    assert all(c.watch_task is None for c in db._collections.values())
+
+
+async def test_start_cancelled_by_its_caller_is_a_cancellation() -> None:
+    store = SlowOpen()
+    db = Database(store, documents=[Item, Other])
+    starting = asyncio.create_task(db.start())
+    await asyncio.wait_for(store.opening.wait(), 1)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert not db.started
+    await db.stop()
