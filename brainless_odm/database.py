@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import hashlib
@@ -58,6 +59,13 @@ def class_listeners(cls: type[Document]) -> Listeners:
     if listeners is None:
         listeners = _class_listeners[cls] = Listeners()
     return listeners
+
+
+@atexit.register
+def _warn_unstopped_at_exit() -> None:
+    """The process ends with databases never stopped (and their loop not ended by asyncio.run)."""
+    for db in {id(db): db for dbs in _bound.values() for db in dbs}.values():
+        db._warn_unstopped("the process is exiting")
 
 
 def bound_database(cls: type[Document]) -> Database:
@@ -195,6 +203,7 @@ class Database:
         self._stuck_callbacks: set[asyncio.Task[Any]] = set()  # cancelled, and still running
         self._start_task: asyncio.Task[Any] | None = None  # the task in start(), until it ends
         self._start_done: asyncio.Future[None] | None = None  # once start() has ended
+        self._warned_unstopped = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -266,6 +275,8 @@ class Database:
                 self._check_not_stopped()
             for coll in self._collections.values():
                 coll.start_watch()
+                assert coll.watch_task is not None
+                coll.watch_task.add_done_callback(self._watch_ended)
         except BaseException as exc:
             self._start_task = None  # stop() interrupts it no more: it stops by itself now
             # stop() cancelled it: a DatabaseError, not a cancellation of the caller's task.
@@ -286,6 +297,34 @@ class Database:
         done.set_result(None)
         return self
 
+    def _watch_ended(self, task: asyncio.Task[None]) -> None:
+        # A watch cancelled while the database is started, not by stop(): its event loop is ending
+        # (asyncio.run() cancels the tasks left when the main coroutine returns).
+        if task.cancelled() and self._state == "started" and not self._stopping:
+            self._warn_unstopped("its event loop is ending")
+
+    def _warn_unstopped(self, why: str) -> None:
+        """Changes never written because stop() was never called: said once, loudly."""
+        if self._warned_unstopped:
+            return
+        self._warned_unstopped = True
+        lost = [
+            f"{coll.name}/{key}"
+            for coll in self._collections.values()
+            for key in sorted(coll.dirty_keys() | set(coll.inflight_ids))
+        ]
+        if lost:
+            more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+            log.warning(
+                "%r was not stopped and %s: %d unwritten change(s) are lost (%s%s). "
+                "Call `await db.stop()` (or use `async with Database(...) as db:`) before the end.",
+                self,
+                why,
+                len(lost),
+                ", ".join(lost[:10]),
+                more,
+            )
+
     def _check_not_stopped(self) -> None:
         """In start(): stop() was called (and its cancellation of start() did not get through)."""
         if self._stop_task is not None:
@@ -303,6 +342,9 @@ class Database:
 
     async def stop(self, *, timeout: float | None = None) -> None:
         """Flush everything, then stop watching and release the store. Idempotent.
+
+        Call it (or use ``async with``) before the event loop ends: otherwise the changes not yet
+        flushed are lost, and only a logged warning names them.
 
         Changes other tasks make while it flushes are flushed too (in further rounds, up to five;
         documents still changing after that are reported in the ``FlushError``).

@@ -422,3 +422,61 @@ async def test_start_cancelled_by_its_caller_is_a_cancellation() -> None:
         await starting
     assert not db.started
     await db.stop()
+
+
+# -- never stopped ---------------------------------------------------------------------------------
+class Orphan(Base):
+    n: int = 0
+
+
+async def start_and_add(n: int) -> Database:
+    db = await Database(None, flush_interval=60, documents=[Orphan]).start()
+    Orphan.objects.using(db).add(n=n)
+    return db
+
+
+def lost_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "was not stopped" in r.getMessage()]
+
+
+def test_a_database_never_stopped_warns_when_asyncio_run_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """The changes of the last flush_interval were lost without a word."""
+    dbs: list[Database] = []
+
+    async def main() -> None:
+        dbs.append(await start_and_add(1))  # and returns without stop()
+
+    try:
+        with caplog.at_level("WARNING", logger="brainless_odm"):
+            asyncio.run(main())
+    finally:
+        dbs[0]._unbind()  # not the default database of later tests
+    [message] = lost_warnings(caplog)
+    assert "event loop is ending" in message
+    assert "1 unwritten change(s) are lost (orphan/" in message
+    assert "await db.stop()" in message
+
+
+def test_a_database_never_stopped_warns_when_the_process_exits(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        db = loop.run_until_complete(start_and_add(2))
+        with caplog.at_level("WARNING", logger="brainless_odm"):
+            database._warn_unstopped_at_exit()  # what atexit runs
+            database._warn_unstopped_at_exit()  # once is enough
+        [message] = lost_warnings(caplog)
+        assert "the process is exiting" in message
+        loop.run_until_complete(db.stop())
+    finally:
+        loop.close()
+
+
+def test_a_stopped_database_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        db = await start_and_add(3)
+        await db.stop()
+
+    with caplog.at_level("WARNING", logger="brainless_odm"):
+        asyncio.run(main())
+        database._warn_unstopped_at_exit()
+    assert lost_warnings(caplog) == []
