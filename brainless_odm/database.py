@@ -597,7 +597,7 @@ class Database:
                 self._drain_wake = None
                 wake.cancel()
         for task in tasks:
-            log.warning("event callback %r still running at stop(): cancelled", task.get_coro())
+            log.warning("event callback %r still running at stop(): cancelled", task)
             task.cancel()
         # What they do while unwinding (a finally: block) is still flushed, or reported.
         _, stuck = await asyncio.wait(tasks, timeout=0.5)

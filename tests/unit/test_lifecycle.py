@@ -480,3 +480,18 @@ def test_a_stopped_database_does_not_warn(caplog: pytest.LogCaptureFixture) -> N
         asyncio.run(main())
         database._warn_unstopped_at_exit()
     assert lost_warnings(caplog) == []
+
+
+async def test_a_callback_returning_a_future_is_drained_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(database, "_DRAIN_TIMEOUT", 0.05)
+    db = await Database(None, flush_interval=60, documents=[Item]).start()
+    futures: list[asyncio.Future[None]] = []
+
+    def pending(old: Item | None, new: Item) -> asyncio.Future[None]:
+        futures.append(asyncio.get_running_loop().create_future())  # never resolved
+        return futures[-1]
+
+    Item.objects.using(db).on_change(pending, local=True)
+    Item.objects.using(db).add(name="x")
+    await asyncio.wait_for(db.stop(), 2)
+    assert futures[0].cancelled()
