@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import hashlib
@@ -42,10 +43,12 @@ DEAD_LETTERS = "_dead_letters"
 # 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH = 0x01B21DD213814000
 
-# Started databases by document class, in start order: the first one is the default binding.
 #: Flushes stop() makes at most, when changes keep coming while it flushes.
 _STOP_ROUNDS = 5
+#: Seconds stop() gives the async event callbacks still running before it cancels them.
+_DRAIN_TIMEOUT = 5.0
 
+# Started databases by document class, in start order: the first one is the default binding.
 _bound: dict[type[Document], list[Database]] = {}
 # Callbacks registered on Call.objects (no database given) apply to every database holding Call.
 _class_listeners: dict[type[Document], Listeners] = {}
@@ -56,6 +59,13 @@ def class_listeners(cls: type[Document]) -> Listeners:
     if listeners is None:
         listeners = _class_listeners[cls] = Listeners()
     return listeners
+
+
+@atexit.register
+def _warn_unstopped_at_exit() -> None:
+    """The process ends with databases never stopped (and their loop not ended by asyncio.run)."""
+    for db in {id(db): db for dbs in _bound.values() for db in dbs}.values():
+        db._warn_unstopped("the process is exiting")
 
 
 def bound_database(cls: type[Document]) -> Database:
@@ -181,6 +191,19 @@ class Database:
         self.node_id = secrets.token_hex(4)
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._stop_task: asyncio.Task[FlushError | None] | None = None  # the one stop, shared
+        self._stop_outcome: asyncio.Future[FlushError | None] | None = None  # once done flushing
+        self._stop_flush: asyncio.Task[None] | None = None  # stop()'s own flush under way
+        self._gave_up: BaseException | None = None  # why stop() gave up flushing
+        self._flush_owner: asyncio.Task[Any] | None = None  # the task inside flush()'s lock
+        self._interrupted: dict[asyncio.Task[Any], int] = {}  # flushes stop() cancelled: how often
+        self._stop_callers: set[asyncio.Task[Any]] = set()  # tasks awaiting stop()
+        self._drain_deadline = 0.0  # loop time until which stop() waits for event callbacks
+        self._drain_wake: asyncio.Future[None] | None = None
+        self._stuck_callbacks: set[asyncio.Task[Any]] = set()  # cancelled, and still running
+        self._start_task: asyncio.Task[Any] | None = None  # the task in start(), until it ends
+        self._start_done: asyncio.Future[None] | None = None  # once start() has ended
+        self._warned_unstopped = False
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -217,10 +240,16 @@ class Database:
         return classes
 
     async def start(self) -> Self:
-        """Open (creating where missing) every collection's storage, load it, watch it."""
+        """Open (creating where missing) every collection's storage, load it, watch it.
+
+        A ``stop()`` called meanwhile ends it: it then raises ``DatabaseError`` (the database is
+        stopped, and can not be started again)."""
         if self._state != "new":
             raise DatabaseError(f"start() was already called on {self!r}; make a new Database")
         self._state = "starting"
+        me = asyncio.current_task()
+        self._start_task = me
+        done = self._start_done = asyncio.get_running_loop().create_future()
         try:
             nc = self._nc
             if nc is None:
@@ -232,107 +261,347 @@ class Database:
 
                 self._store, self._own_store = NatsKVStore(nc, namespace=self.namespace), True
             for cls in self._classes():
-                coll: Collection[Any] = Collection(self, cls, class_listeners(cls))
+                # Class-level callbacks fire here too, but the tasks they start are this database's.
+                coll: Collection[Any] = Collection(self, cls, class_listeners(cls).for_database())
                 bucket = await self._store.open_bucket(
                     self.bucket_name(cls.__odm__.collection), cls.__odm__.options.bucket
                 )
                 self._collections[cls] = coll
+                self._check_not_stopped()
                 await coll.load(bucket)
                 poison, coll.poison = coll.poison, []
                 for entry, exc in poison:
                     await self.dead_letter(coll, entry, exc)
+                self._check_not_stopped()
             for coll in self._collections.values():
                 coll.start_watch()
-        except BaseException:
-            await self._shutdown()
-            self._state = "stopped"
+                assert coll.watch_task is not None
+                coll.watch_task.add_done_callback(self._watch_ended)
+        except BaseException as exc:
+            self._start_task = None  # stop() interrupts it no more: it stops by itself now
+            # stop() cancelled it: a DatabaseError, not a cancellation of the caller's task.
+            ours = me is not None and self._take_interrupt(me)
+            try:
+                self._drain_deadline = asyncio.get_running_loop().time() + _DRAIN_TIMEOUT
+                await self._shutdown()
+            finally:
+                self._state = "stopped"
+                done.set_result(None)
+            if ours and isinstance(exc, asyncio.CancelledError):
+                raise DatabaseError(f"stop() was called while start() ran: {self!r}") from None
             raise
+        self._start_task = None
         self._state = "started"
         for cls in self._collections:
             _bound.setdefault(cls, []).append(self)
+        done.set_result(None)
         return self
+
+    def _watch_ended(self, task: asyncio.Task[None]) -> None:
+        # A watch cancelled while the database is started, not by stop(): its event loop is ending
+        # (asyncio.run() cancels the tasks left when the main coroutine returns).
+        if task.cancelled() and self._state == "started" and not self._stopping:
+            self._warn_unstopped("its event loop is ending")
+
+    def _warn_unstopped(self, why: str) -> None:
+        """Changes never written because stop() was never called: said once, loudly."""
+        if self._warned_unstopped:
+            return
+        self._warned_unstopped = True
+        lost = [
+            f"{coll.name}/{key}"
+            for coll in self._collections.values()
+            for key in sorted(coll.dirty_keys() | set(coll.inflight_ids))
+        ]
+        if lost:
+            more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+            log.warning(
+                "%r was not stopped and %s: %d unwritten change(s) are lost (%s%s). "
+                "Call `await db.stop()` (or use `async with Database(...) as db:`) before the end.",
+                self,
+                why,
+                len(lost),
+                ", ".join(lost[:10]),
+                more,
+            )
+
+    def _check_not_stopped(self) -> None:
+        """In start(): stop() was called (and its cancellation of start() did not get through)."""
+        if self._stop_task is not None:
+            raise DatabaseError(f"stop() was called while start() ran: {self!r}")
+
+    async def _abort_start(self, done: asyncio.Future[None]) -> None:
+        """stop() while start() runs: interrupt it (it releases what it opened, then raises
+        ``DatabaseError``) and wait until it has."""
+        while not done.done():
+            start = self._start_task
+            if start is not None and not start.done():
+                self._interrupted[start] = self._interrupted.get(start, 0) + 1
+                start.cancel()
+            await asyncio.wait([done], timeout=0.5)
 
     async def stop(self, *, timeout: float | None = None) -> None:
         """Flush everything, then stop watching and release the store. Idempotent.
+
+        Call it (or use ``async with``) before the event loop ends: otherwise the changes not yet
+        flushed are lost, and only a logged warning names them.
 
         Changes other tasks make while it flushes are flushed too (in further rounds, up to five;
         documents still changing after that are reported in the ``FlushError``).
 
         Without ``timeout`` it waits until every pending change is acknowledged, however long the
-        server is away. With ``timeout`` it gives up flushing after that many seconds. Either way,
-        changes that could not be written are reported after stopping, in a ``FlushError`` naming
-        each document (they are lost with this process unless you act on it).
+        server is away. With ``timeout`` it gives up flushing after that many seconds: flushes other
+        tasks are awaiting then end too, with a ``FlushError``, and nothing is written after that.
+        Either way, changes that could not be written are reported after stopping, in a
+        ``FlushError`` naming each document (they are lost with this process unless you act on it).
+
+        Concurrent calls share one stop: each returns (or raises the same ``FlushError``) when it
+        is over, and the first to give up ends the flushing for all of them.
+
+        Cancelled (e.g. by an ``asyncio.timeout`` around it), it gives up as a timeout would, still
+        stops, then lets the cancellation through: the unwritten documents are only logged.
         """
-        if self._state in ("stopped", "new"):
+        if self._state == "new":
             self._state = "stopped"
             return
-        error: FlushError | None = None
-        self._stopping = True
+        if self._state == "starting" and asyncio.current_task() is self._start_task:
+            raise DatabaseError("stop() was called from inside start()")  # it would wait for itself
+        task = self._stop_task
+        if task is None:
+            if self._state == "stopped":
+                return  # start() failed and released everything itself
+            loop = asyncio.get_running_loop()
+            self._drain_deadline = loop.time() + _DRAIN_TIMEOUT
+            self._stop_outcome = loop.create_future()
+            task = self._stop_task = loop.create_task(self._run_stop(), name=f"stop {self!r}")
+        elif task.done():
+            return  # an earlier stop() is over, and raised what it had to report
+        # An event callback awaiting stop() waits for the stop: the stop must not wait for it.
+        me = asyncio.current_task()
+        if me is not None:
+            self._stop_callers.add(me)
+            self._wake_drain()
         try:
-            if self._state == "started":
-                await asyncio.wait_for(self._flush_for_stop(), timeout)
-        except FlushError as exc:
-            error = exc
-        except asyncio.TimeoutError:
-            task = self._flush_task
-            if task is not None and not task.done():
-                # The background flush may hold writes still awaiting their acks: back to pending
-                # first, so the report names them.
-                await cancel_and_wait(task)
-            late = TimeoutError(f"not acknowledged within stop(timeout={timeout})")
-            failures: list[tuple[str, str, BaseException]] = []
-            for coll in self._collections.values():
-                # Also what a flush of the application's own still holds, and what failed for good.
-                late_keys = (coll.dirty_keys() | set(coll.inflight_ids)) - set(coll.failed)
-                failures.extend((coll.name, key, late) for key in sorted(late_keys))
-                failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
-            error = FlushError(failures)
-        self._state = "stopped"  # no await since the last check: nothing changed in between
+            done, _ = await asyncio.wait([task], timeout=timeout)
+        except asyncio.CancelledError:
+            # Cut short from outside (``asyncio.timeout`` around it, a cancelled task): it gives
+            # up as a timeout does, and still stops (unbinds, ends the watches, releases the
+            # store) before the cancellation goes on; the documents left unwritten are logged.
+            self._give_up(DatabaseError("not acknowledged before stop() was cancelled"))
+            await asyncio.wait([task])
+            raise
+        finally:
+            if me is not None:
+                self._stop_callers.discard(me)
+        if not done:
+            self._give_up(TimeoutError(f"not acknowledged within stop(timeout={timeout})"))
+            await asyncio.wait([task])
+        error = task.result()
         if error is not None:
-            log.error("%r: stopping with unwritten changes: %s", self, error)
-        await self._shutdown()
-        if error is not None:
-            raise error
+            raise FlushError(list(error.failures))  # one exception per caller: no shared traceback
 
-    async def _flush_for_stop(self) -> None:
-        """Flush until nothing is left: a change made while a flush was writing is not in it.
-        Changes still coming after a few rounds are reported, not waited for."""
+    def _give_up(self, reason: BaseException) -> None:
+        """stop() waits no longer for acknowledgements: the flushes under way end, and what they
+        had not written is reported with ``reason``."""
+        # The callbacks still running are not waited for any more either.
+        self._drain_deadline = min(self._drain_deadline, asyncio.get_running_loop().time())
+        self._wake_drain()
+        if self._gave_up is not None or self._state != "started":
+            return  # already given up, or done flushing
+        self._gave_up = reason
+        self._unbind()
+        flush = self._stop_flush
+        if flush is not None and not flush.done():
+            flush.cancel()
+
+    async def _run_stop(self) -> FlushError | None:
+        """The one stop of this database, whoever asked: flush, then release everything."""
+        self._stopping = True
+        error: FlushError | None = None
+        start = self._start_done
+        if start is not None and not start.done():
+            await self._abort_start(start)
+        if self._state == "stopped":  # start() released everything itself
+            if self._stop_outcome is not None and not self._stop_outcome.done():
+                self._stop_outcome.set_result(None)
+            return None
+        if self._state == "started":
+            error = await self._flush_for_stop()
+        self._state = "stopped"  # no await since the last check: nothing changed in between
+        outcome = self._stop_outcome
+        if outcome is not None and not outcome.done():
+            outcome.set_result(error)  # for flushes that waited their turn behind stop()'s
+        late = await self._shutdown()
+        if late:
+            # Changed (by a callback, say) after the last flush: reported, not silently dropped.
+            failures = list(error.failures) if error is not None else []
+            known = {(c, k) for c, k, _ in failures}
+            reason = DatabaseError("changed after stop()'s last flush: not written")
+            failures.extend((c, k, reason) for c, k in late if (c, k) not in known)
+            error = FlushError(failures)
+        if error is not None:
+            log.error("%r: stopped with unwritten changes: %s", self, error)
+        return error
+
+    async def _flush_for_stop(self) -> FlushError | None:
+        """Flush, and let the event callbacks finish, until nothing is left: a change made while
+        a flush was writing (or by a callback) is not in it. Changes still coming after a few
+        rounds are reported, not waited for. Returns what could not be written."""
+        loop = asyncio.get_running_loop()
         for _ in range(_STOP_ROUNDS):
-            await self.flush()
-            if not any(c.pending or c.deletes for c in self._collections.values()):
-                return
-        busy = DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()")
-        raise FlushError(
-            [
-                (coll.name, key, busy)
-                for coll in self._collections.values()
-                for key in sorted(coll.dirty_keys())
-            ]
+            exc: BaseException | None = None
+            if self._gave_up is None:
+                # A task of its own, so that giving up can cancel it whoever is waiting.
+                flush = self._stop_flush = loop.create_task(self._stop_round())
+                await asyncio.wait([flush])
+                self._stop_flush = None
+                exc = None if flush.cancelled() else flush.exception()
+            if self._gave_up is not None:
+                return await self._abandon(self._gave_up)
+            if isinstance(exc, FlushError):
+                return exc
+            if exc is not None:
+                log.error("%r: stop() could not flush", self, exc_info=exc)
+                return self._unwritten(exc)
+            if not self._busy():
+                return None
+        return self._unwritten(DatabaseError(f"still changing after {_STOP_ROUNDS} flushes by stop()"))
+
+    async def _stop_round(self) -> None:
+        await self.flush()
+        # What the event callbacks still running change is written by the next round.
+        await self._drain_callbacks()
+
+    def _busy(self) -> bool:
+        """Whether anything is left to write, or a callback that may change something runs."""
+        return any(c.pending or c.deletes for c in self._collections.values()) or bool(
+            self._running_callbacks()
         )
 
-    async def _shutdown(self) -> None:
+    def _unwritten(self, reason: BaseException) -> FlushError:
+        """Every document left unwritten: ``reason`` for each, or why it failed."""
+        failures: list[tuple[str, str, BaseException]] = []
+        for coll in self._collections.values():
+            # Also what a flush still holds, and what failed for good.
+            keys = (coll.dirty_keys() | set(coll.inflight_ids)) - set(coll.failed)
+            failures.extend((coll.name, key, reason) for key in sorted(keys))
+            failures.extend((coll.name, key, exc) for key, exc in sorted(coll.failed.items()))
+        return FlushError(failures)
+
+    async def _abandon(self, reason: BaseException) -> FlushError | None:
+        """stop() gave up: end every flush still writing, then name what is left unwritten."""
+        self._cancel_flush_timer()
+        task = self._flush_task
+        if task is not None and not task.done():
+            # The background flush may hold writes still awaiting their acks: back to pending
+            # first, so the report names them.
+            await cancel_and_wait(task)
+        # A flush an application task awaits: interrupted in the same way (it raises FlushError),
+        # as often as it takes (see cancel_and_wait), and only while it is inside the flush. Those
+        # waiting their turn see the database given up and write nothing.
+        lock = self._flush_lock
+        while True:
+            owner = self._flush_owner
+            if owner is not None and not owner.done():
+                self._interrupted[owner] = self._interrupted.get(owner, 0) + 1
+                owner.cancel()
+            try:
+                await asyncio.wait_for(lock.acquire(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            lock.release()
+            break
+        error = self._unwritten(reason)
+        return error if error.failures else None
+
+    def _take_interrupt(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the cancellation ``task`` got came from stop() giving up (and from nobody else):
+        it then ends with an error of its own, not as cancelled."""
+        n = self._interrupted.pop(task, 0)
+        if not n:
+            return False
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+        if uncancel is None:
+            return True
+        left = 0
+        for _ in range(n):
+            left = uncancel()
+        return left == 0
+
+    def _unbind(self) -> None:
+        """No longer the default database of its classes."""
         for cls in self._collections:
             dbs = _bound.get(cls)
             if dbs is not None and self in dbs:
                 dbs.remove(self)
                 if not dbs:
                     del _bound[cls]
+
+    def _cancel_flush_timer(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+
+    async def _shutdown(self) -> list[tuple[str, str]]:
+        """Release everything; return the documents changed since the last flush."""
+        self._unbind()
+        self._cancel_flush_timer()
         task = self._flush_task
         if task is not None and not task.done():
             await cancel_and_wait(task)
         for coll in self._collections.values():
             await coll.stop_watch()
+        # The callbacks fired after stop()'s last drain (by the watch, until now): what they
+        # change is not written, but reported.
+        await self._drain_callbacks()
+        late = [(coll.name, key) for coll in self._collections.values() for key in sorted(coll.dirty_keys())]
         for coll in self._collections.values():
             coll.detach_all()
-            await coll.listeners.drain()
-            await coll.class_listeners.drain()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._store is not None and self._own_store:
             await self._store.close()
+        return late
+
+    def _running_callbacks(self) -> set[asyncio.Task[Any]]:
+        """The async event callbacks this database started that are still running; not those
+        awaiting stop() (they wait for it), nor those that would not end when cancelled."""
+        tasks: set[asyncio.Task[Any]] = set()
+        for coll in self._collections.values():
+            tasks |= coll.listeners.running()
+            tasks |= coll.class_listeners.running()
+        return tasks - self._stop_callers - self._stuck_callbacks
+
+    def _wake_drain(self) -> None:
+        wake = self._drain_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _drain_callbacks(self) -> None:
+        """Wait for the async callbacks still running, until ``_drain_deadline`` (``_DRAIN_TIMEOUT``
+        after stop() began); cancel those still running then: a callback stuck for ever must not
+        make ``stop()`` hang."""
+        loop = asyncio.get_running_loop()
+        while True:
+            tasks = self._running_callbacks()
+            if not tasks:
+                return
+            left = self._drain_deadline - loop.time()
+            if left <= 0:
+                break
+            # Woken early when a callback starts awaiting stop() (no longer to be waited for).
+            wake = self._drain_wake = loop.create_future()
+            try:
+                await asyncio.wait([*tasks, wake], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._drain_wake = None
+                wake.cancel()
+        for task in tasks:
+            log.warning("event callback %r still running at stop(): cancelled", task)
+            task.cancel()
+        # What they do while unwinding (a finally: block) is still flushed, or reported.
+        _, stuck = await asyncio.wait(tasks, timeout=0.5)
+        self._stuck_callbacks |= stuck
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -386,7 +655,7 @@ class Database:
     # -- flush -------------------------------------------------------------------------------------
     def schedule_flush(self) -> None:
         """A change is pending: flush ``flush_interval`` seconds after the first one."""
-        if self._flush_handle is not None or self._state != "started":
+        if self._flush_handle is not None or self._state != "started" or self._stopping:
             return
         if self._flush_task is not None and not self._flush_task.done():
             return  # the running flush reschedules itself if anything is left
@@ -403,7 +672,7 @@ class Database:
         self._flush_task = asyncio.get_running_loop().create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
-        if self._state != "started":
+        if self._state != "started" or self._stopping:
             # Its timer fired while stop() was flushing; stop() flushes until nothing is left.
             self._flush_task = None
             return
@@ -426,32 +695,37 @@ class Database:
         (too large, bad key, bucket gone) are reported together in a ``FlushError`` after every
         other document was written; they stay in memory and dirty.
         """
-        if self._state not in ("started",):
+        if self._state != "started":
             raise DatabaseError(f"{self!r} is not started")
         async with self._flush_lock:
-            targets: dict[Collection[Any], set[str]] = {}
-            for coll in self._collections.values():
-                if coll.failed:
-                    for key in coll.failed:
-                        coll.pending[key] = None
-                    coll.failed.clear()
-                keys = coll.dirty_keys()
-                if keys:
-                    targets[coll] = keys
-            written = 0
-            failures: list[tuple[str, str, BaseException]] = []
-            delay = 0.02
+            if self._gave_up is None and self._state == "started":
+                me = asyncio.current_task()
+                self._flush_owner = me
+                try:
+                    return await self._flush_locked(me)
+                finally:
+                    self._flush_owner = None
+        # stop() flushed (or gave up on) everything while this flush waited its turn.
+        return await self._outcome_of_stop()
+
+    async def _flush_locked(self, me: asyncio.Task[Any] | None) -> int:
+        targets: dict[Collection[Any], set[str]] = {}
+        for coll in self._collections.values():
+            if coll.failed:
+                for key in coll.failed:
+                    coll.pending[key] = None
+                coll.failed.clear()
+            keys = coll.dirty_keys()
+            if keys:
+                targets[coll] = keys
+        written = 0
+        failures: list[tuple[str, str, BaseException]] = []
+        delay = 0.02
+        try:
             while targets:
                 transient = False
                 for coll in list(targets):
-                    try:
-                        out = await coll.write(targets[coll])
-                    except BaseException:
-                        # Cancelled midway (or failed): what it took is pending again, and the
-                        # background flush writes it later, unless stop() is the one giving up.
-                        if not self._stopping:
-                            self.schedule_flush()
-                        raise
+                    out = await coll.write(targets[coll])
                     written += out.written
                     failures.extend(out.failures)
                     transient = transient or out.transient
@@ -462,9 +736,37 @@ class Database:
                 if targets and transient:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
-            if failures:
-                raise FlushError(failures)
-            return written
+        except BaseException as exc:
+            # Cancelled midway (or failed): what it took is pending again, and the background
+            # flush writes it later, unless stop() is the one giving up.
+            if not self._stopping:
+                self.schedule_flush()
+            if isinstance(exc, asyncio.CancelledError) and me is not None and self._take_interrupt(me):
+                # stop() gave up: this flush ends now, and what it had not written is named.
+                reason = DatabaseError(f"not written: stop() gave up on the database ({self._gave_up})")
+                failures.extend(
+                    (coll.name, key, reason)
+                    for coll, keys in targets.items()
+                    for key in sorted(keys & (coll.dirty_keys() | set(coll.inflight_ids)))
+                )
+                if not failures:
+                    return written
+                raise FlushError(failures) from None
+            raise
+        if failures:
+            raise FlushError(failures)
+        return written
+
+    async def _outcome_of_stop(self) -> int:
+        """For a flush that waited its turn while stop() ended the database: what stop() wrote
+        is written (0 more here), what it could not write is this flush's ``FlushError`` too."""
+        outcome = self._stop_outcome
+        if outcome is None:
+            raise DatabaseError(f"{self!r} is not started")
+        error = await asyncio.shield(outcome)
+        if error is not None:
+            raise FlushError(list(error.failures))
+        return 0
 
     # -- dead letters ------------------------------------------------------------------------------
     async def _dead_letters_bucket(self) -> Bucket:

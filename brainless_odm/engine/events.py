@@ -96,12 +96,12 @@ class Listeners:
         if not task.cancelled() and task.exception() is not None:
             log.error("event callback failed", exc_info=task.exception())
 
-    async def drain(self, timeout: float = 5.0) -> None:
-        """Wait for the async callbacks still running; cancel those still running after ``timeout``
-        (a callback stuck forever must not make ``Database.stop()`` hang)."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
-        for task in pending:
-            log.warning("event callback still running after %.1fs at stop: cancelled", timeout)
-            task.cancel()
+    def for_database(self) -> Listeners:
+        """The same registrations (shared: one registered later is seen too), with its own set of
+        running callback tasks. Class-level callbacks (``Call.objects.on_change``) fire in every
+        database holding the class; each database stopping waits for, and cancels, only its own."""
+        return Listeners(self.change, self.delete, self.fields)
+
+    def running(self) -> set[asyncio.Task[Any]]:
+        """The async callbacks fired here that are still running."""
+        return {t for t in self._tasks if not t.done()}
