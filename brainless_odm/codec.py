@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 META_KEY = "_odm"
-_EXCLUDE_UUID = {"uuid"}
 
 
 def encode(
@@ -59,7 +58,7 @@ def encode(
 ) -> bytes:
     """The bytes stored for ``doc`` (``create``: by the write that creates it; ``on``: the
     revision its compare-and-set expects)."""
-    body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=_EXCLUDE_UUID)
+    body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=type(doc).__odm__.not_stored)
     meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed), create)
     if on is not None:
         meta += b'"on":%d,' % on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,11 +76,22 @@ def collection_options(cls_name: str, config: dict[str, Any], own: dict[str, Any
 
     The collection name is not inherited: a subclass is another collection unless it says otherwise.
     """
+    known = DocumentConfig.__required_keys__ | DocumentConfig.__optional_keys__
+    for name in own:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DefinitionError(f"{cls_name}: unknown model_config key {name!r}{hint}")
     collection = own.get("collection", snake_case(cls_name))
     if not isinstance(collection, str) or not _COLLECTION_RE.match(collection):
         raise DefinitionError(
             f"{cls_name}: collection name {collection!r} must be letters, digits or '_' "
             "(the bucket is '{namespace}-{collection}': a '-' would make namespaces overlap)"
+        )
+    if collection.startswith("_"):
+        raise DefinitionError(
+            f"{cls_name}: collection names starting with '_' are reserved for brainless_odm's own "
+            f"buckets (such as the dead letters); got {collection!r}"
         )
     history = _int(cls_name, "bucket_history", config.get("bucket_history", 1), 1, 64)
     replicas = _int(cls_name, "bucket_replicas", config.get("bucket_replicas", 1), 1, 5)

@@ -76,6 +76,9 @@ class DocumentInfo:
     # Model validators that run before field validation: on assignment they may change other
     # fields than the one assigned (after-validators assign, which is tracked by itself).
     derives: bool = False
+    # What a stored value leaves out: the uuid (it is the key) and computed fields (derived on
+    # every read; stored, they would be unknown members to the reader).
+    not_stored: frozenset[str] = frozenset({"uuid"})
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -241,6 +244,12 @@ class DocumentMeta(ModelMetaclass):
         config = dict(doc_cls.model_config)
         if config.get("validate_assignment") is False:
             raise DefinitionError(f"{cls_name}: documents always validate on assignment")
+        if config.get("extra") == "allow":
+            raise DefinitionError(
+                f"{cls_name}: extra='allow' is not supported: attributes outside the declared fields "
+                "would be neither tracked, merged between nodes nor indexed; declare them as fields "
+                "(a dict[str, Any] field holds free-form data)"
+            )
         registry = config.get("registry", default_registry)
         if not isinstance(registry, Registry):
             raise DefinitionError(
@@ -295,6 +304,7 @@ class DocumentMeta(ModelMetaclass):
             fast_decode=config.get("extra") in (None, "ignore"),
             validated=_validated_fields(doc_cls, data_fields),
             derives=_derives(doc_cls),
+            not_stored=frozenset({"uuid", *doc_cls.__pydantic_computed_fields__}),
         )
         doc_cls.__odm__ = info
         for name in tracked:
@@ -370,6 +380,11 @@ class Document(BaseModel, metaclass=DocumentMeta):
         new = super().__deepcopy__(memo)
         _init_state(new)
         return new
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # Unpickled: a detached copy, as deepcopy makes (the ODM's slots are not pickled).
+        super().__setstate__(state)
+        _init_state(self)
 
     # -- tracking ----------------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -562,8 +577,14 @@ class Document(BaseModel, metaclass=DocumentMeta):
         info = type(self).__odm__
         for name in info.tracked:
             self._odm_check_field(name)
-        if info.validated & info.tracked:
-            type(self).__pydantic_validator__.validate_python(dict(self.__dict__))
+        # Every field, and the model validators: a document built with ``model_construct`` holds
+        # whatever it was given (a str in an int field, a required field missing). A scalar that
+        # validation converts ("5" for an int) is stored converted, as construction would have.
+        validated = type(self).__pydantic_validator__.validate_python(dict(self.__dict__)).__dict__
+        d = self.__dict__
+        for name in info.data_fields:
+            if name not in info.tracked and validated[name] is not d[name]:
+                d[name] = validated[name]
 
     # -- public state ------------------------------------------------------------------------------
     @property

@@ -66,6 +66,12 @@ class Manager(Generic[D]):
             # model_validate(doc), without its Python wrapper (a tenth of an add)
             new = model.__pydantic_validator__.validate_python(doc)
         elif type(doc) is model or isinstance(doc, model):
+            if type(doc) is not model and not type(doc).__odm__.abstract:
+                raise TypeError(
+                    f"{type(doc).__name__} is a collection of its own "
+                    f"({type(doc).__odm__.collection!r}): add it with "
+                    f"{type(doc).__name__}.objects.add(), not {model.__name__}.objects.add()"
+                )
             if fields:
                 # A document plus overrides is a template for a new one. A stored one's uuid stays
                 # behind (it is taken); one given explicitly to a document not yet stored is kept.

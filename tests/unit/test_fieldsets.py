@@ -53,12 +53,6 @@ class Wide(Document):
     f7: int = 0
 
 
-class Loose(Document):
-    model_config = DocumentConfig(registry=registry, extra="allow")
-
-    name: str = ""
-
-
 def _full(i: int) -> dict[str, Any]:
     return {
         "name": f"n{i}",
@@ -224,17 +218,6 @@ async def test_copies_get_sets_of_their_own(make_db: DbFactory) -> None:
         assert "anything" not in doc.model_fields_set
     assert doc.caller is not None
     assert type(copy.deepcopy(doc.caller).model_fields_set) is set
-
-
-async def test_extra_attributes_unshare_first(make_db: DbFactory) -> None:
-    db = await make_db(Loose)
-    objects = Loose.objects.using(db)
-    a = objects.add(name="a")
-    b = objects.add(name="b")
-    assert a.model_fields_set is b.model_fields_set
-    a.note = "x"  # an extra="allow" attribute joins a's fields-set only
-    assert "note" in a.model_fields_set
-    assert b.model_fields_set == {"name"}
 
 
 async def test_variants_are_bounded(make_db: DbFactory) -> None:
