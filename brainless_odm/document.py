@@ -78,7 +78,7 @@ class DocumentInfo:
     derives: bool = False
     # What a stored value leaves out: the uuid (it is the key) and computed fields (derived on
     # every read; stored, they would be unknown members to the reader).
-    not_stored: frozenset[str] = frozenset({"uuid"})
+    not_stored: set[str] = field(default_factory=lambda: {"uuid"})
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -304,7 +304,7 @@ class DocumentMeta(ModelMetaclass):
             fast_decode=config.get("extra") in (None, "ignore"),
             validated=_validated_fields(doc_cls, data_fields),
             derives=_derives(doc_cls),
-            not_stored=frozenset({"uuid", *doc_cls.__pydantic_computed_fields__}),
+            not_stored={"uuid", *doc_cls.__pydantic_computed_fields__},
         )
         doc_cls.__odm__ = info
         for name in tracked:
