@@ -129,14 +129,32 @@ class Connection:
             opts["password"] = self.password
         if self.token is not None:
             opts["token"] = self.token
+        for flag, path in (
+            ("--creds", self.creds),
+            ("--tls-ca", self.tls_ca),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+        ):
+            if path is not None and not path.is_file():
+                raise CliError(f"{flag} {path}: {'not a file' if path.exists() else 'no such file'}")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise CliError("--tls-key needs --tls-cert (the client certificate it belongs to)")
         if self.creds is not None:
             opts["user_credentials"] = str(self.creds)
         if self.tls_ca is not None or self.tls_cert is not None:
             import ssl
 
-            ctx = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+            try:
+                ctx = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+            except (ssl.SSLError, OSError) as e:
+                raise CliError(f"--tls-ca {self.tls_ca}: not a usable CA certificate file ({e})") from e
             if self.tls_cert is not None:
-                ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+                try:
+                    ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+                except (ssl.SSLError, OSError) as e:
+                    raise CliError(
+                        f"--tls-cert {self.tls_cert}: not a usable certificate and key ({e})"
+                    ) from e
             opts["tls"] = ctx
         return opts
 
@@ -270,6 +288,8 @@ async def _store(conn: Connection) -> AsyncIterator[KVStore]:
 
     try:
         nc = await connect(conn.servers(), timeout=conn.connect_timeout, **conn.nats_options())
+    except ImportError as e:  # --creds without the nkeys package; the message says what to install
+        raise CliError(str(e)) from e
     except ConnectionLost as e:
         raise CliError(
             f"{e}\n  Is a JetStream server running there? Start one with: brainless-odm server"

@@ -1556,6 +1556,21 @@ def _quiet_error_cb_factory(url: str) -> Callable[[Exception], Any]:
     return error_cb
 
 
+_NKEYS_HINT = 'pip install "brainless-odm[nkeys]"'
+
+
+def _require_nkeys() -> None:
+    """nats-py signs with the ``nkeys`` package for credentials and NKEY seeds, and imports it only
+    once it is connecting (a bare ModuleNotFoundError from deep inside nats-py). Say so up front."""
+    try:
+        import nkeys  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"NATS credentials (.creds) and NKEY seeds need the nkeys package: {_NKEYS_HINT}",
+            name="nkeys",
+        ) from e
+
+
 async def connect(
     url: str | list[str] = "nats://127.0.0.1:4222", *, timeout: float = 2.0, **options: Any
 ) -> Client:
@@ -1567,9 +1582,14 @@ async def connect(
     (``max_reconnect_attempts=-1``, ``reconnect_time_wait=0.5``) so a running application
     survives a server restart. Every other nats-py ``connect`` option (``user``, ``password``,
     ``token``, ``user_credentials``, ``tls``, callbacks...) is passed through.
+
+    ``user_credentials`` and the ``nkeys_seed`` options need the ``nkeys`` package
+    (``pip install "brainless-odm[nkeys]"``); without it this raises :class:`ImportError` saying so.
     """
     servers = [url] if isinstance(url, str) else list(url)
     shown = ", ".join(servers)
+    if any(options.get(k) is not None for k in ("user_credentials", "nkeys_seed", "nkeys_seed_str")):
+        _require_nkeys()
     after_reconnect_attempts = options.pop("max_reconnect_attempts", -1)
     after_allow_reconnect = options.pop("allow_reconnect", True)
     after_time_wait = options.pop("reconnect_time_wait", 0.5)

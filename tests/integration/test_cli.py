@@ -365,6 +365,58 @@ def test_unreachable_server_fails_fast(args: list[str]) -> None:
     assert elapsed < 5
 
 
+# The CLI with the nkeys package hidden, whether or not it is installed here.
+CLI_WITHOUT_NKEYS = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['nkeys'] = None; from brainless_odm.cli import main; main()",
+]
+
+
+def test_creds_without_the_nkeys_package_is_one_line(tmp_path: Path) -> None:
+    creds = tmp_path / "user.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    url = f"nats://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [*CLI_WITHOUT_NKEYS, "ls", "--creds", str(creds), "--url", url],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ")
+    assert 'pip install "brainless-odm[nkeys]"' in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--creds", "/nonexistent/user.creds"], "--creds /nonexistent/user.creds: no such file"),
+        (["--tls-ca", "/nonexistent"], "--tls-ca /nonexistent: no such file"),
+        (["--tls-ca", "/"], "--tls-ca /: not a file"),
+        (["--tls-cert", "/nonexistent.pem"], "--tls-cert /nonexistent.pem: no such file"),
+        (["--tls-ca", "{junk}"], "not a usable CA certificate file"),
+        (["--tls-cert", "{junk}"], "not a usable certificate and key"),
+        (["--tls-key", "{junk}"], "--tls-key needs --tls-cert"),
+    ],
+    ids=["creds", "ca", "ca-dir", "cert", "ca-junk", "cert-junk", "key-alone"],
+)
+def test_unusable_credential_files_are_one_line(tmp_path: Path, flags: list[str], says: str) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not PEM\n")
+    flags = [f.replace("{junk}", str(junk)) for f in flags]
+    url = f"nats://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [*CLI, "ls", *flags, "--url", url], env=_env(), capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ")
+    assert says in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args", [["server"], ["demo", "--pause", "0"]], ids=["server", "demo"])
 def test_a_missing_nats_server_says_how_to_install_it(args: list[str]) -> None:
     # The install hint survives the terminal's markup: "[server]" is text, not a style tag.

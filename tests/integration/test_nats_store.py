@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -320,6 +321,19 @@ async def test_connect_to_dead_port_fails_fast() -> None:
     with pytest.raises(ConnectionLost, match=f"127.0.0.1:{port}"):
         await connect(f"nats://127.0.0.1:{port}", timeout=1.0)
     assert time.monotonic() - t0 < 5
+
+
+async def test_credentials_without_the_nkeys_package_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # nats-py imports nkeys only once connecting: a bare ModuleNotFoundError from inside nats-py.
+    monkeypatch.setitem(sys.modules, "nkeys", None)  # as if it were not installed
+    creds = tmp_path / "user.creds"
+    creds.write_text("not checked before nkeys is\n")
+    with pytest.raises(ImportError, match=r"brainless-odm\[nkeys\]"):
+        await connect(f"nats://127.0.0.1:{free_port()}", timeout=0.5, user_credentials=str(creds))
+    with pytest.raises(ImportError, match="nkeys package"):
+        await connect(f"nats://127.0.0.1:{free_port()}", timeout=0.5, nkeys_seed_str="SUA...")
 
 
 async def test_server_restart_mid_writes(tmp_path: Path) -> None:
