@@ -284,13 +284,15 @@ def _quiet_logs() -> None:
 @contextlib.asynccontextmanager
 async def _store(conn: Connection) -> AsyncIterator[KVStore]:
     """A connected :class:`NatsKVStore` for ``conn.namespace``; closes everything on exit."""
-    from .store.nats import NatsKVStore, connect
+    from .store.nats import NatsKVStore, connect, refused_credentials
 
     try:
         nc = await connect(conn.servers(), timeout=conn.connect_timeout, **conn.nats_options())
     except ImportError as e:  # --creds without the nkeys package; the message says what to install
         raise CliError(str(e)) from e
     except ConnectionLost as e:
+        if refused_credentials(e):  # a server answered: do not suggest starting one
+            raise CliError(f"{e}\n  Check --user/--password, --token or --creds.") from e
         raise CliError(
             f"{e}\n  Is a JetStream server running there? Start one with: brainless-odm server"
         ) from e

@@ -60,7 +60,7 @@ from brainless_odm.store.base import (
     check_op,
 )
 
-__all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect"]
+__all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect", "refused_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -1556,6 +1556,22 @@ def _quiet_error_cb_factory(url: str) -> Callable[[Exception], Any]:
     return error_cb
 
 
+def _is_auth_refusal(e: BaseException) -> bool:
+    """The server refused the client's credentials (nats-py: ``AuthorizationError``, or a plain
+    ``nats.errors.Error`` carrying the server's ``-ERR 'Authorization Violation'``)."""
+    if isinstance(e, nats.errors.AuthorizationError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, nats.errors.Error) and ("authorization" in text or "authentication" in text)
+
+
+def refused_credentials(e: BaseException) -> bool:
+    """True if ``e`` (a :class:`ConnectionLost` from :func:`connect`) is the server refusing the
+    credentials rather than no server answering."""
+    cause = e.__cause__
+    return cause is not None and _is_auth_refusal(cause)
+
+
 _NKEYS_HINT = 'pip install "brainless-odm[nkeys]"'
 
 
@@ -1583,6 +1599,9 @@ async def connect(
     survives a server restart. Every other nats-py ``connect`` option (``user``, ``password``,
     ``token``, ``user_credentials``, ``tls``, callbacks...) is passed through.
 
+    A server that answers but refuses the credentials is a :class:`ConnectionLost` that says so,
+    with the server's error as ``__cause__`` (:func:`refused_credentials` tells the two apart).
+
     ``user_credentials`` and the ``nkeys_seed`` options need the ``nkeys`` package
     (``pip install "brainless-odm[nkeys]"``); without it this raises :class:`ImportError` saying so.
     """
@@ -1593,7 +1612,18 @@ async def connect(
     after_reconnect_attempts = options.pop("max_reconnect_attempts", -1)
     after_allow_reconnect = options.pop("allow_reconnect", True)
     after_time_wait = options.pop("reconnect_time_wait", 0.5)
-    options.setdefault("error_cb", _quiet_error_cb_factory(shown))
+    error_cb = options.pop("error_cb", None) or _quiet_error_cb_factory(shown)
+    refusals: list[Exception] = []
+    connecting = True
+
+    async def recording_error_cb(e: Exception) -> None:
+        # nats-py reports a refused login only here: connect() itself ends in NoServersError, which
+        # would read as a dead server. Record refusals while connecting only.
+        if connecting and _is_auth_refusal(e):
+            refusals.append(e)
+        await error_cb(e)
+
+    options["error_cb"] = recording_error_cb
     options.setdefault("ping_interval", 10)
     options.setdefault("max_outstanding_pings", 3)
     nc = Client()
@@ -1610,11 +1640,19 @@ async def connect(
             timeout=2 * timeout * len(servers) + 1.0,
         )
     except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        connecting = False
         with contextlib.suppress(Exception):
             await nc.close()
+        if refusals or _is_auth_refusal(e):
+            refusal = refusals[-1] if refusals else e
+            raise ConnectionLost(
+                f"NATS at {shown} refused the connection: {refusal} "
+                "(wrong or missing user/password, token or credentials?)"
+            ) from refusal
         raise ConnectionLost(
             f"cannot connect to NATS at {shown} within {timeout:g}s per attempt ({type(e).__name__}: {e})"
         ) from e
+    connecting = False
     nc.options["max_reconnect_attempts"] = after_reconnect_attempts
     nc.options["allow_reconnect"] = after_allow_reconnect
     nc.options["reconnect_time_wait"] = after_time_wait

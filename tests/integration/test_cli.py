@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from brainless_odm import ConnectionLost, Database, Document, DocumentConfig, Indexed, Registry
 from brainless_odm.store.base import BucketConfig, Operation, WriteOp
 from brainless_odm.store.nats import NatsKVStore, connect
-from brainless_odm.testing import free_port
+from brainless_odm.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -363,6 +363,18 @@ def test_unreachable_server_fails_fast(args: list[str]) -> None:
     assert "cannot connect to NATS" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert elapsed < 5
+
+
+async def test_wrong_credentials_are_not_a_dead_server() -> None:
+    async with NatsServer(extra_args=["--user", "u", "--pass", "secret"]) as server:
+        proc = await cli("ls", "--user", "u", "--password", "wrong", url=server.url)
+        assert proc.returncode == 1
+        assert "refused the connection" in proc.stderr
+        assert "Authorization Violation" in proc.stderr
+        assert "brainless-odm server" not in proc.stderr  # a server answered: none to start
+        assert "Traceback" not in proc.stderr
+        ok = await cli("ls", "--user", "u", "--password", "secret", url=server.url)
+        assert ok.returncode == 0, ok.stderr
 
 
 # The CLI with the nkeys package hidden, whether or not it is installed here.

@@ -25,7 +25,7 @@ from brainless_odm.store.base import (
     WriteOp,
 )
 from brainless_odm.store.memory import MemoryBucket, MemoryStore
-from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect
+from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect, refused_credentials
 from brainless_odm.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -321,6 +321,21 @@ async def test_connect_to_dead_port_fails_fast() -> None:
     with pytest.raises(ConnectionLost, match=f"127.0.0.1:{port}"):
         await connect(f"nats://127.0.0.1:{port}", timeout=1.0)
     assert time.monotonic() - t0 < 5
+
+
+async def test_refused_credentials_are_not_a_dead_server() -> None:
+    async with NatsServer(extra_args=["--user", "u", "--pass", "secret"]) as server:
+        for wrong in ({"user": "u", "password": "wrong"}, {}):
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionLost, match=r"refused the connection.*Authorization Violation") as e:
+                await connect(server.url, timeout=1.0, **wrong)
+            assert time.monotonic() - t0 < 5
+            assert refused_credentials(e.value)
+        nc = await connect(server.url, timeout=1.0, user="u", password="secret")
+        await nc.close()
+    with pytest.raises(ConnectionLost, match="cannot connect") as dead:
+        await connect(server.url, timeout=0.5, user="u", password="wrong")
+    assert not refused_credentials(dead.value)
 
 
 async def test_credentials_without_the_nkeys_package_say_what_to_install(
