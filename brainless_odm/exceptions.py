@@ -18,7 +18,8 @@
         ├── PayloadTooLarge      a document encodes to more bytes than the server accepts
         └── InvalidKey           a key that the store cannot hold
 
-Each class has an anchor in ``docs/errors.md``; messages link to it.
+Each class has an anchor in ``docs/errors.md``, which ``help_url()`` returns; the messages of
+``UniqueViolation`` and ``FlushError`` end with it.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_every_example_is_shown_on_a_page() -> None:
 
 
 def test_every_error_class_has_an_anchor() -> None:
-    """Error messages link to docs/errors.md#<name>: each class needs its heading there."""
+    """help_url() links to docs/errors.md#<name>: each class needs its heading there."""
     page = (DOCS / "errors.md").read_text()
     anchors = set(re.findall(r"^## (\w+) \{#(\w+)\}$", page, flags=re.MULTILINE))
     for name in brainless_odm.exceptions.__all__:
@@ -114,6 +114,25 @@ def test_every_error_class_has_an_anchor() -> None:
         assert cls.__doc__, f"{name} needs a docstring"
     url = brainless_odm.exceptions.UniqueViolation("call", "channel_id", "x").help_url()
     assert url.endswith("/errors/#uniqueviolation")
+
+
+def test_the_errors_page_says_which_messages_carry_their_link() -> None:
+    """Every class has help_url(); only UniqueViolation and FlushError put it in the message (the
+    page said every message did)."""
+    page = " ".join((DOCS / "errors.md").read_text().split())
+    assert "every message links" not in page
+    assert "`help_url()`" in page
+    exc = brainless_odm.exceptions
+    for name in exc.__all__:
+        cls = getattr(exc, name)
+        assert cls.help_url(cls.__new__(cls)).endswith(f"/errors/#{name.lower()}")
+    carry = {
+        "UniqueViolation": exc.UniqueViolation("call", "channel_id", "x"),
+        "FlushError": exc.FlushError([("call", "k", RuntimeError("no"))]),
+    }
+    for name, e in carry.items():
+        assert e.help_url() in str(e)
+        assert f"[`{name}`](#{name.lower()})" in page
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
