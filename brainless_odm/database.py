@@ -8,6 +8,8 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
+import numbers
 import re
 import secrets
 import time
@@ -22,7 +24,7 @@ from .engine.collection import Collection, cancel_and_wait
 from .engine.events import Listeners
 from .exceptions import DatabaseError, FlushError, NotBoundError, StoreError
 from .registry import Registry, default_registry
-from .store.base import Bucket, BucketConfig, Entry, KVStore, WriteOp
+from .store.base import MAX_BUCKET_NAME, Bucket, BucketConfig, Entry, KVStore, WriteOp
 from .store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ D = TypeVar("D", bound=Document)
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 DEAD_LETTERS = "_dead_letters"
+#: The longest namespace: its dead letters' bucket (``{namespace}-_dead_letters``) must fit, with
+#: room to spare for collection names.
+MAX_NAMESPACE = 200
 
 # 100 ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH = 0x01B21DD213814000
@@ -164,13 +169,27 @@ class Database:
     ) -> None:
         if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
             raise ValueError(f"namespace must be letters, digits, '_' or '-', got {namespace!r}")
+        if len(namespace) > MAX_NAMESPACE:
+            raise ValueError(
+                f"namespace has {len(namespace)} characters; at most {MAX_NAMESPACE} leave room for "
+                f"its bucket names ('{{namespace}}-{{collection}}', at most {MAX_BUCKET_NAME})"
+            )
         if not isinstance(location, str) or not location:
             raise ValueError(f"location must be a non-empty string, got {location!r}")
-        if flush_interval < 0:
-            raise ValueError(f"flush_interval must be >= 0, got {flush_interval!r}")
+        try:
+            location.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"location must be encodable as UTF-8, got {location!r}") from None
+        interval: object = flush_interval  # checked as what a caller may pass, not as annotated
+        if isinstance(interval, bool) or not isinstance(interval, numbers.Real):
+            raise TypeError(f"flush_interval must be a number of seconds, got {flush_interval!r}")
+        if not (math.isfinite(interval) and float(interval) >= 0):
+            raise ValueError(f"flush_interval must be a finite number >= 0, got {flush_interval!r}")
         self.namespace = namespace
         self.location = location
-        self.flush_interval = flush_interval
+        self.flush_interval = float(flush_interval)
+        if documents is not None and not isinstance(documents, Registry):
+            documents = self._check_documents(namespace, documents)
         if nc is not None and not isinstance(nc, KVStore) and not hasattr(nc, "jetstream"):
             raise TypeError(
                 "Database(nc): nc must be a connected nats-py client (await nats.connect(url)), None "
@@ -222,6 +241,31 @@ class Database:
         if self._store is None:
             raise DatabaseError("the database is not started")
         return self._store
+
+    @staticmethod
+    def _check_documents(namespace: str, documents: object) -> tuple[type[Document], ...]:
+        """``documents`` given as classes: concrete Document subclasses, whose bucket names fit."""
+        if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
+            raise TypeError(
+                f"documents must be an iterable of Document classes, a Registry or None, got {documents!r}"
+            )
+        classes = tuple(documents)  # a generator is read once, here
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, Document)) or cls is Document:
+                raise TypeError(f"documents must be Document subclasses, got {cls!r}")
+            if cls.__odm__.abstract:
+                raise ValueError(f"documents: {cls.__name__} is abstract: it has no collection")
+            name = f"{namespace}-{cls.__odm__.collection}"
+            if len(name) > MAX_BUCKET_NAME:
+                raise ValueError(
+                    f"{cls.__name__}'s bucket name {namespace!r}-{cls.__odm__.collection!r} has "
+                    f"{len(name)} characters; at most {MAX_BUCKET_NAME} are allowed"
+                )
+        names = [c.__odm__.collection for c in classes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"documents: two document classes share collection name(s) {dup}")
+        return classes
 
     def _classes(self) -> list[type[Document]]:
         docs = self._documents

@@ -46,6 +46,7 @@ __all__ = [
     "DUPLICATE_WINDOW",
     "HEADER_ROOM",
     "KEY_PATTERN",
+    "MAX_BUCKET_NAME",
     "MAX_KEY",
     "MAX_MSG_ID",
     "Bucket",
@@ -74,6 +75,9 @@ MAX_MSG_ID = 256
 #: The longest key. The subject of a publish carries it, and a control line over the server's
 #: limit (4 KB) makes the server close the connection, which nats-py then abandons for good.
 MAX_KEY = 1024
+#: The longest bucket name: its stream is ``KV_<name>``, and nats-server refuses stream names over
+#: 255 characters.
+MAX_BUCKET_NAME = 252
 #: NATS' default ``max_payload``: the in-memory store's message size limit.
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 #: Seconds a ``msg_id`` is remembered (JetStream KV's default duplicate window).
@@ -240,6 +244,11 @@ def check_bucket_name(name: str) -> None:
     """Raise ``InvalidKey`` for a name NATS does not allow for a KV bucket."""
     if _BUCKET_MATCH(name) is None:
         raise InvalidKey(f"{name!r} is not a valid NATS KV bucket name (allowed: A-Z a-z 0-9 - _)")
+    if len(name) > MAX_BUCKET_NAME:
+        raise InvalidKey(
+            f"bucket name {name[:40]!r}... has {len(name)} characters; NATS allows at most "
+            f"{MAX_BUCKET_NAME} (its stream is KV_<name>, and stream names have at most 255)"
+        )
 
 
 def check_op(bucket: str, op: WriteOp, limit: int) -> StoreError | None:

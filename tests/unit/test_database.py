@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from typing import Any
 
 import orjson
@@ -17,11 +18,13 @@ from brainless_odm import (
     Document,
     DocumentConfig,
     FlushError,
+    InvalidKey,
     MemoryStore,
     NotBoundError,
     PayloadTooLarge,
     Registry,
 )
+from brainless_odm.database import MAX_NAMESPACE
 from brainless_odm.store.base import BucketConfig, Entry
 from brainless_odm.store.memory import MemoryBucket
 
@@ -107,12 +110,58 @@ def test_bad_constructor_arguments() -> None:
         Database(None, flush_interval=-1)
 
 
-async def test_documents_must_be_concrete_document_classes() -> None:
-    for bad in ([Base], [int], [Document]):
-        db = Database(None, documents=bad)  # type: ignore[arg-type]
-        with pytest.raises(DatabaseError):
-            await db.start()
-        assert not db.started
+def test_bad_constructor_arguments_are_refused_when_the_database_is_built() -> None:
+    # Each of these was accepted, and failed at start() or later (or with an unrelated TypeError).
+    with pytest.raises(TypeError, match="flush_interval must be a number"):
+        Database(None, flush_interval="abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="flush_interval must be a number"):
+        Database(None, flush_interval=True)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match="flush_interval must be a finite number >= 0"):
+            Database(None, flush_interval=bad)
+    assert Database(None, flush_interval=0).flush_interval == 0
+    assert Database(None, flush_interval=Fraction(1, 4)).flush_interval == 0.25  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="namespace has 300 characters"):
+        Database(None, namespace="a" * 300)
+    Database(None, namespace="a" * MAX_NAMESPACE)
+    with pytest.raises(ValueError, match="namespace"):
+        Database(None, namespace=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="location"):
+        Database(None, location="\ud800")
+    with pytest.raises(ValueError, match="location"):
+        Database(None, location=None)  # type: ignore[arg-type]
+
+
+def test_documents_must_be_concrete_document_classes() -> None:
+    for bad in ([int], [Document], [Note, "Other"]):
+        with pytest.raises(TypeError, match="documents must be Document subclasses"):
+            Database(None, documents=bad)  # type: ignore[arg-type]
+    for not_iterable in (5, "Note", Note):
+        with pytest.raises(TypeError, match="documents must be an iterable of Document classes"):
+            Database(None, documents=not_iterable)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Base is abstract"):
+        Database(None, documents=[Base])
+
+
+async def test_documents_can_be_a_generator() -> None:
+    async with Database(None, documents=(c for c in (Note, Other))) as db:
+        assert set(db.documents) == {Note, Other}
+
+
+def test_documents_whose_bucket_names_are_too_long() -> None:
+    class LongName(Document):
+        model_config = DocumentConfig(collection="c" * 100, registry=Registry())
+
+    with pytest.raises(ValueError, match="LongName's bucket name"):
+        Database(None, namespace="n" * 160, documents=[LongName])
+    Database(None, namespace="n" * 150, documents=[LongName])  # 251 characters
+
+
+async def test_a_bucket_name_nats_would_refuse_is_refused_by_the_memory_store_too() -> None:
+    store = MemoryStore()
+    with pytest.raises(InvalidKey, match="at most 252"):
+        await store.open_bucket("b" * 253, BucketConfig())
+    await store.open_bucket("b" * 252, BucketConfig())
 
 
 async def test_a_class_not_served_by_the_database(make_db: DbFactory) -> None:
