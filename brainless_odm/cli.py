@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import pydantic_core
 import typer
+import typer.core
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -56,8 +57,30 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
+
+class _FlagsUntyped:
+    """Typer >= 0.20 shows a flag's type in the help (``--version <bool>``, ``--help -h <bool>``), as if
+    it took a value. A flag's metavar of "" shows nothing there (flags have no metavar otherwise)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, typer.core.TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsUntyped, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_FlagsUntyped, typer.core.TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="brainless-odm",
+    cls=_Group,
     help=(
         "Look at and operate on brainless_odm data in NATS JetStream KV.\n\n"
         "Start with [bold]brainless-odm demo[/bold]: two nodes editing the same documents, live."
@@ -69,6 +92,7 @@ app = typer.Typer(
     add_completion=False,
 )
 dead_letters_app = typer.Typer(
+    cls=_Group,
     help="Entries that no longer decode or validate, moved aside by the engine: list, show, requeue.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -356,7 +380,7 @@ async def _load(bucket: Bucket, label: str) -> list[Entry]:
 # -- server ------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def server(
     port: Annotated[int, typer.Option("--port", "-p", help="Client port.")] = 4222,
     store_dir: Annotated[
@@ -433,7 +457,7 @@ def server(
 # -- ls ----------------------------------------------------------------------------------------
 
 
-@app.command("ls")
+@app.command("ls", cls=_Command)
 @_with_connection
 def ls_command(conn: Connection) -> None:
     """List the collections of a namespace with document counts and sizes."""
@@ -484,7 +508,7 @@ def _document_json(key: str, value: bytes, *, meta: bool, revision: int | None =
     return doc
 
 
-@app.command()
+@app.command(cls=_Command)
 @_with_connection
 def dump(
     collection: Annotated[str, typer.Argument(help="Collection name, e.g. call.")],
@@ -523,7 +547,7 @@ async def _dump(conn: Connection, collection: str, meta: bool) -> int:
     return 0
 
 
-@app.command()
+@app.command(cls=_Command)
 @_with_connection
 def get(
     collection: Annotated[str, typer.Argument(help="Collection name, e.g. call.")],
@@ -563,7 +587,7 @@ def _short(v: Any, limit: int = 40) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-@app.command()
+@app.command(cls=_Command)
 @_with_connection
 def watch(
     collection: Annotated[str, typer.Argument(help="Collection name, e.g. call.")],
@@ -716,7 +740,7 @@ def _find_dead_letter(letters: list[DeadLetter], collection: str, key: str) -> D
     raise CliError(f"no dead letter for {collection}/{key} (see: brainless-odm dead-letters list)")
 
 
-@dead_letters_app.command("list")
+@dead_letters_app.command("list", cls=_Command)
 @_with_connection
 def dead_letters_list(conn: Connection) -> None:
     """List the dead letters of a namespace."""
@@ -741,7 +765,7 @@ async def _dl_list(conn: Connection) -> int:
     return 0
 
 
-@dead_letters_app.command("show")
+@dead_letters_app.command("show", cls=_Command)
 @_with_connection
 def dead_letters_show(
     collection: Annotated[str, typer.Argument(help="The collection the entry came from.")],
@@ -766,7 +790,7 @@ async def _dl_show(conn: Connection, collection: str, key: str) -> int:
     return 0
 
 
-@dead_letters_app.command("requeue")
+@dead_letters_app.command("requeue", cls=_Command)
 @_with_connection
 def dead_letters_requeue(
     collection: Annotated[str, typer.Argument(help="The collection the entry came from.")],
@@ -824,7 +848,7 @@ class DemoCall(Document):
     note: str = ""
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     pause: Annotated[
         float, typer.Option(min=0.0, max=3.0, help="Seconds to pause between steps (the demo runs ~8 steps).")

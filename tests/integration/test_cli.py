@@ -94,6 +94,9 @@ def test_help(args: list[str]) -> None:
     proc = subprocess.run([*CLI, *args, "--help"], env=_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
+    # A flag takes no value: no type next to it (typer shows "--version <bool>" by default).
+    assert "<bool>" not in proc.stdout
+    assert "--help" in proc.stdout
     if (args and args[0] in ("ls", "dump", "get", "watch")) or args[1:]:
         for option in ("--url", "--namespace", "--user", "--password", "--token", "--creds", "--tls-ca"):
             assert option in proc.stdout
