@@ -31,6 +31,7 @@ from brainless_odm import (
     PayloadTooLarge,
     Registry,
 )
+from brainless_odm.engine.collection import Collection
 from brainless_odm.store.nats import connect
 
 pytestmark = pytest.mark.integration
@@ -883,12 +884,11 @@ class _HeldWrites:
         return results
 
 
-async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change(make_db: DbFactory) -> None:
-    """A's write of ``state`` never lands and A gives up on it; B then sets the note ("b"). A's
-    next flush sends the lost write again (a probe), which lands now with the old note: A owes B's
-    note back. Before A writes it, B changes the note again ("b2", acknowledged). A wrote "b" over
-    it: it took the note it only had to put back for an edit of its own (found by a review with a
-    frozen and restarted server)."""
+async def _lost_write_then_remote_note(
+    make_db: DbFactory,
+) -> tuple[Database, Database, Call, Call, Collection[Call], _HeldWrites]:
+    """A adds a call (B has it), then A's write of ``state="a"`` never lands and A gives up on it
+    (its outcome unknown); B then sets the note to "b" and A's watch brings it."""
     a = await make_db(flush_interval=3600)
     b = await make_db(flush_interval=3600)
     doc = objects(a).add(channel_id="c-1", note="")
@@ -908,6 +908,17 @@ async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change
     remote.note = "b"
     await b.flush()
     await eventually(lambda: doc.note == "b", what="A to take B's note")
+    return a, b, doc, remote, coll, held
+
+
+async def test_repair_after_a_landed_probe_yields_to_a_later_acknowledged_change(make_db: DbFactory) -> None:
+    """A's write of ``state`` never lands and A gives up on it; B then sets the note ("b"). A's
+    next flush sends the lost write again (a probe), which lands now with the old note: A owes B's
+    note back. Before A writes it, B changes the note again ("b2", acknowledged). A wrote "b" over
+    it: it took the note it only had to put back for an edit of its own (found by a review with a
+    frozen and restarted server)."""
+    a, b, doc, remote, coll, held = await _lost_write_then_remote_note(make_db)
+    key = doc.uuid or ""
     # As if A's watch had skipped a version (a restarted watch misses versions replaced meanwhile):
     # A cannot tell that its write did not land, so it sends it again to learn (a probe).
     coll.unknown_gap.add(key)
@@ -938,27 +949,10 @@ async def test_lost_write_another_node_wrote_over_is_rewritten_without_a_probe(m
     A's write expected, and A's watch brings it. So A's write cannot have landed, nor ever will:
     A's next flush writes its state and its later edit as one new write, and B never sees its note
     undone (a probe would store the lost write's stale note first)."""
-    a = await make_db(flush_interval=3600)
-    b = await make_db(flush_interval=3600)
-    doc = objects(a).add(channel_id="c-1", note="")
+    a, b, doc, remote, coll, _ = await _lost_write_then_remote_note(make_db)
     key = doc.uuid or ""
-    await a.flush()
-    await eventually(lambda: key in objects(b), what="the add on B")
-    remote = objects(b)[key]
     notes: list[tuple[str, str]] = []
     objects(b).on_field_change("note", lambda d, n, old, new: notes.append((old, new)))
-    coll = a.collection(Call)
-    held = _HeldWrites(coll.bucket)
-    coll.bucket = held  # type: ignore[assignment]
-    held.hold = "before"
-    doc.state = "a"
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(a.flush(), 0.3)
-    held.hold = None
-    assert coll.unknown
-    remote.note = "b"
-    await b.flush()
-    await eventually(lambda: doc.note == "b", what="A to take B's note")
     doc.priority = 8
     await a.flush()
     assert not coll.unknown
