@@ -352,11 +352,7 @@ class Database:
         if self._warned_unstopped:
             return
         self._warned_unstopped = True
-        lost = [
-            f"{coll.name}/{key}"
-            for coll in self._collections.values()
-            for key in sorted(coll.dirty_keys() | set(coll.inflight_ids))
-        ]
+        lost = [f"{name}/{key}" for name, key, _ in self._unwritten(DatabaseError(why)).failures]
         if lost:
             more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
             log.warning(
