@@ -13,11 +13,12 @@ import numbers
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+import pydantic_core
 
 from .document import Document
 from .engine.collection import Collection, cancel_and_wait
@@ -864,18 +865,25 @@ class Database:
                 log.warning("%s", exc)
         return sorted(out, key=lambda d: (d.collection, d.key))
 
-    async def requeue_dead_letter(self, letter: DeadLetter, value: bytes | None = None) -> Document:
+    async def requeue_dead_letter(
+        self, letter: DeadLetter, value: bytes | str | Mapping[str, Any] | None = None
+    ) -> Document:
         """Validate a dead letter (or a fixed ``value`` for it) with today's schema and store it.
 
-        Raises ``pydantic.ValidationError`` if it still does not validate (nothing changes then).
-        Returns the document, now in its collection.
+        ``value`` is the stored form (JSON ``bytes`` or ``str``) or a mapping of the fields, e.g.
+        ``orjson.loads(letter.value)`` with the bad field corrected; a mapping is serialised to JSON
+        and read back like a stored value, so it is validated exactly as one. Another type is a
+        ``TypeError``. Raises ``pydantic.ValidationError`` if it still does not validate, and
+        ``ValueError`` if it is not a JSON object (nothing changes then). Returns the document, now
+        in its collection.
         """
         from . import codec
 
+        raw = letter.value if value is None else _requeue_bytes(value)
         cls = next((c for c in self._collections if c.__odm__.collection == letter.collection), None)
         if cls is None:
             raise DatabaseError(f"no collection {letter.collection!r} in {self!r}")
-        doc = codec.decode(cls, letter.key, value if value is not None else letter.value)
+        doc = codec.decode(cls, letter.key, raw)
         coll = self.collection(cls)
         existing = coll.docs.get(letter.key)
         if existing is not None:
@@ -895,3 +903,22 @@ class Database:
     async def _drop_dead_letter(self, letter: DeadLetter) -> None:
         bucket = await self._dead_letters_bucket()
         await bucket.write([WriteOp(letter.id, None)])
+
+
+def _requeue_bytes(value: object) -> bytes:
+    """The JSON a fixed value for :meth:`Database.requeue_dead_letter` stands for."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, Mapping):
+        # Pydantic's writer rather than orjson: integers beyond 64 bits stay exact (orjson refuses
+        # them), and the decode path reads them back with Pydantic's reader too.
+        try:
+            return pydantic_core.to_json(dict(value))
+        except pydantic_core.PydanticSerializationError as exc:
+            raise TypeError(f"the fixed value for a dead letter is not JSON-serialisable: {exc}") from exc
+    raise TypeError(
+        "the fixed value for a dead letter must be bytes, a str of JSON or a mapping of the fields, "
+        f"not {type(value).__name__}"
+    )

@@ -38,7 +38,7 @@ async def main() -> None:
             [letter] = [dl for dl in await db.dead_letters() if dl.key == "legacy-a-1"]
             fixed = orjson.loads(letter.value)
             fixed["price"] = 1250
-            product = await db.requeue_dead_letter(letter, orjson.dumps(fixed))  # validated, stored, removed
+            product = await db.requeue_dead_letter(letter, fixed)  # validated, stored, removed
             print("requeued:", product)
             assert await db.dead_letters() == []
             # --8<-- [end:requeue]

@@ -280,6 +280,45 @@ async def test_poison_value_goes_to_dead_letters_and_the_collection_still_loads(
     assert Note.model_validate_json(entry.value).text == "fixed"
 
 
+async def test_requeue_takes_the_fixed_value_as_a_dict_or_a_str_of_json(make_db: DbFactory) -> None:
+    # Someone fixing a dead letter holds a dict (orjson.loads(letter.value), corrected): it was
+    # refused with pydantic_core's "Expected bytes, bytearray or str". A dict is read back as a
+    # stored value, so it validates exactly as one would, big integers included.
+    store = MemoryStore()
+    await store.open_bucket("rqv-note", BucketConfig())
+    bucket = store.bucket("rqv-note")
+    for key in ("as-dict", "as-str", "as-bytes", "invalid"):
+        await bucket.put_raw(key, b'{"text": "x", "n": "twelve"}')
+    db = await make_db(Note, store=store, namespace="rqv")
+    letters = {d.key: d for d in await db.dead_letters()}
+    objects = Note.objects.using(db)
+
+    fixed = orjson.loads(letters["as-dict"].value)
+    fixed["n"] = 2**70 + 1  # beyond 64 bits: orjson would refuse to serialise it
+    doc = await db.requeue_dead_letter(letters["as-dict"], fixed)
+    assert isinstance(doc, Note)
+    assert (doc.text, doc.n) == ("x", 2**70 + 1)
+    assert objects["as-dict"] is doc
+    await db.requeue_dead_letter(letters["as-str"], '{"text": "s", "n": 1}')
+    await db.requeue_dead_letter(letters["as-bytes"], b'{"n": 2}')
+    assert (objects["as-str"].n, objects["as-bytes"].n) == (1, 2)
+    entry = await bucket.get("as-dict")
+    assert entry is not None
+    assert Note.model_validate_json(entry.value).n == 2**70 + 1
+
+    # Still invalid, or not a value at all: the letter stays, nothing is stored.
+    invalid = letters["invalid"]
+    with pytest.raises(ValidationError):
+        await db.requeue_dead_letter(invalid, {"text": "x", "n": "still not a number"})
+    with pytest.raises(TypeError, match=r"bytes, a str of JSON or a mapping of the fields, not int"):
+        await db.requeue_dead_letter(invalid, 12)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        await db.requeue_dead_letter(invalid, {"text": object()})
+    assert [d.key for d in await db.dead_letters()] == ["invalid"]
+    assert "invalid" not in objects
+    assert not any(d.is_dirty for d in objects)
+
+
 async def test_a_requeue_that_lands_while_another_document_fails_drops_its_letter(
     make_db: DbFactory,
 ) -> None:
