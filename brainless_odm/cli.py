@@ -767,8 +767,7 @@ async def _dl_list(conn: Connection) -> int:
     table.add_column("revision", justify="right")
     table.add_column("error", overflow="fold")
     for dl in letters:
-        first = dl.error.strip().splitlines()[0] if dl.error.strip() else ""
-        table.add_row(dl.collection, dl.key, str(dl.revision or ""), first)
+        table.add_row(dl.collection, dl.key, str(dl.revision or ""), dl.summary)
     out.print(table)
     return 0
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import pydantic_core
+from pydantic import ValidationError
 
 from .document import Document
 from .engine.collection import Collection, cancel_and_wait
@@ -96,6 +97,10 @@ def _node_from_location(location: str) -> int:
 class DeadLetter:
     """A stored entry that did not decode or validate, moved aside from its collection.
 
+    ``error`` is the full text of the error; ``summary`` the same in one line: ``field.path: message``
+    for each invalid field (the first three), or ``Invalid JSON: ...``, or the exception's message.
+    Letters stored before summaries were get theirs from ``error``'s text.
+
     Stored in the bucket ``{namespace}-_dead_letters`` under the key ``{collection}.{key}`` as a JSON
     object (the raw value base64-encoded); :meth:`encode` and :meth:`from_entry` are that format.
     """
@@ -107,6 +112,11 @@ class DeadLetter:
     revision: int
     location: str = ""
     time: float = 0.0
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.summary and self.error:
+            object.__setattr__(self, "summary", _summary_of_text(self.error))
 
     @property
     def id(self) -> str:
@@ -123,6 +133,7 @@ class DeadLetter:
                 "value": base64.b64encode(self.value).decode(),
                 "location": self.location,
                 "time": self.time,
+                "summary": self.summary,
             }
         )
 
@@ -139,9 +150,57 @@ class DeadLetter:
                 revision=int(r["revision"]),
                 location=str(r.get("location", "")),
                 time=float(r.get("time", 0.0)),
+                summary=str(r.get("summary") or ""),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"dead letter {entry.key!r} is unreadable: {exc}") from exc
+
+
+#: Validation errors a summary names; the rest are counted.
+_SUMMARY_ERRORS = 3
+_PYDANTIC_TITLE = re.compile(r"^\d+ validation errors? for ")
+_PYDANTIC_DETAIL = re.compile(r" \[type=.*\]$")
+
+
+def _one_line(parts: list[str]) -> str:
+    shown = [" ".join(p.split()) for p in parts[:_SUMMARY_ERRORS]]
+    more = len(parts) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _error_summary(exc: BaseException, value: bytes) -> str:
+    """:attr:`DeadLetter.summary` for the exception that made ``value`` a dead letter."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+        if parts:
+            return _one_line(parts)
+    try:  # Pydantic's JSON reader says only "expected value at line 1 column 1": say what it read
+        pydantic_core.from_json(value)
+    except ValueError as bad_json:
+        return _one_line([f"Invalid JSON: {bad_json}"])
+    return _one_line([str(exc) or type(exc).__name__])
+
+
+def _summary_of_text(error: str) -> str:
+    """A summary from an error's text alone, for letters stored before summaries were: Pydantic's
+    layout (a title line, then per error an unindented location line, unless it is empty, and the
+    message indented by two) read back into ``location: message``. Other text: its lines joined."""
+    lines = error.strip().splitlines()
+    if not lines or not _PYDANTIC_TITLE.match(lines[0]):
+        return _one_line([" ".join(lines)])
+    parts: list[str] = []
+    loc = ""
+    for line in lines[1:]:
+        if not line.startswith(" "):
+            loc = line.strip()
+        elif not line.startswith("   ") and line.strip():  # deeper: "For further information visit"
+            msg = _PYDANTIC_DETAIL.sub("", line.strip())
+            parts.append(f"{loc}: {msg}" if loc else msg)
+            loc = ""
+    return _one_line(parts) if parts else lines[0]
 
 
 class Database:
@@ -840,6 +899,7 @@ class Database:
             revision=entry.revision,
             location=self.location,
             time=time.time(),
+            summary=_error_summary(exc, entry.value),
         ).encode()
         try:
             dead = await self._dead_letters_bucket()

@@ -30,7 +30,8 @@ async def main() -> None:
             # the collection loaded anyway; the bad entry was moved to "shop-_dead_letters"
             assert "legacy-a-1" not in Product.objects
             for letter in await db.dead_letters():
-                print(f"{letter.collection}/{letter.key} (revision {letter.revision}): {letter.error}")
+                print(f"{letter.collection}/{letter.key} (revision {letter.revision}): {letter.summary}")
+                # price: Input should be a valid integer, unable to parse string as an integer
                 print("  raw value:", letter.value)
             # --8<-- [end:list]
 

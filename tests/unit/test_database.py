@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from helpers import DbFactory, wait_for
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 import brainless_odm
 from brainless_odm import (
@@ -349,6 +349,82 @@ async def test_poison_value_arriving_through_the_watch(make_db: DbFactory) -> No
     (letter,) = await db.dead_letters()
     assert (letter.collection, letter.key, letter.value) == ("note", "late", b"\xff\xfe")
     assert "late" not in Note.objects.using(db)
+
+
+class Nested(Document):
+    # A registry of its own: test_documents_can_be_a_registry lists REG's classes.
+    model_config = DocumentConfig(registry=Registry(), collection="nested")
+
+    tags: list[str] = Field(default_factory=list)
+    a: int = 0
+    b: int = 0
+    c: int = 0
+
+
+async def test_a_dead_letter_summary_names_each_field_and_its_error(make_db: DbFactory) -> None:
+    # `.error` is Pydantic's text, whose first line ("1 validation error for Note") was all that
+    # `dead-letters list` showed; `.summary` says in one line what is wrong, and where.
+    store = MemoryStore()
+    await store.open_bucket("sum-note", BucketConfig())
+    await store.open_bucket("sum-nested", BucketConfig())
+    await store.bucket("sum-note").put_raw("two", orjson.dumps({"text": 5, "n": "many"}))
+    await store.bucket("sum-note").put_raw("garbage", b"not json")
+    await store.bucket("sum-note").put_raw("a-list", b"[1, 2]")
+    await store.bucket("sum-nested").put_raw(
+        "four", orjson.dumps({"tags": ["ok", 7], "a": "x", "b": "y", "c": "z"})
+    )
+    db = await make_db(Note, Nested, store=store, namespace="sum")
+    await store.bucket("sum-note").put_raw("late", b"\xff\xfe")  # through the watch: another path
+    await wait_for(lambda: _has_letter(db, "late"), what="the late dead letter")
+    by_key = {d.key: d for d in await db.dead_letters()}
+
+    assert by_key["two"].summary == (
+        "text: Input should be a valid string; n: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+    assert by_key["two"].error.startswith("2 validation errors for Note\n")  # the full text stays
+    assert by_key["garbage"].summary == "Invalid JSON: expected ident at line 1 column 2"
+    assert by_key["late"].summary.startswith("Invalid JSON: ")
+    assert "\n" not in by_key["late"].summary
+    assert by_key["a-list"].summary == "Input should be an object"
+    assert by_key["four"].summary == (
+        "tags.1: Input should be a valid string; a: Input should be a valid integer, unable to parse "
+        "string as an integer; b: Input should be a valid integer, unable to parse string as an "
+        "integer; and 1 more"
+    )
+
+
+async def _has_letter(db: Database, key: str) -> bool:
+    return any(d.key == key for d in await db.dead_letters())
+
+
+async def test_a_dead_letter_stored_without_a_summary_gets_one_from_its_error_text(
+    make_db: DbFactory,
+) -> None:
+    # Letters stored before summaries were have only Pydantic's text: they must still show their
+    # fields and messages, not the title line.
+    with pytest.raises(ValidationError) as invalid:
+        Nested.model_validate({"tags": ["ok", 7], "a": "x"})
+    with pytest.raises(ValidationError) as not_json:
+        Note.model_validate_json(b"not json")
+    store = MemoryStore()
+    await store.open_bucket("old-_dead_letters", BucketConfig())
+    dead = store.bucket("old-_dead_letters")
+    for key, error in (
+        ("invalid", str(invalid.value)),
+        ("not-json", str(not_json.value)),
+        ("other", "stored value is a JSON list,\nnot an object"),
+    ):
+        old = {"collection": "note", "key": key, "revision": 1, "error": error, "value": "", "location": "x"}
+        await dead.put_raw(f"note.{key}", orjson.dumps(old))
+    db = await make_db(Note, store=store, namespace="old")
+    by_key = {d.key: d for d in await db.dead_letters()}
+    assert by_key["invalid"].summary == (
+        "tags.1: Input should be a valid string; a: Input should be a valid integer, unable to parse "
+        "string as an integer"
+    )
+    assert by_key["not-json"].summary == "Invalid JSON: expected ident at line 1 column 2"
+    assert by_key["other"].summary == "stored value is a JSON list, not an object"
 
 
 # -- oversize --------------------------------------------------------------------------------------
