@@ -150,6 +150,33 @@ async def test_dump(nats_url: str, tickets: Database) -> None:
     assert isinstance(first["_revision"], int)
 
 
+async def test_dump_and_get_meta_give_undecodable_entries_their_revision(
+    nats_url: str, nats_client: Client, brainless_namespace: str
+) -> None:
+    # No database runs here: it would move the undecodable entries to the dead letters.
+    ns = brainless_namespace
+    store = NatsKVStore(nats_client, namespace=ns)
+    bucket = await store.open_bucket(f"{ns}-cli_ticket", BucketConfig())
+    revisions = {}
+    for key, value in (("good", b'{"title": "ok"}'), ("garbage", b"not json"), ("a-list", b"[1]")):
+        [revisions[key]] = await bucket.write([WriteOp(key, value)])
+    await store.close()
+
+    dump = await cli("dump", "cli_ticket", "-n", ns, "--meta", url=nats_url)
+    assert dump.returncode == 0, dump.stderr
+    docs = {d["uuid"]: d for d in map(orjson.loads, dump.stdout.splitlines())}
+    assert {k: d["_revision"] for k, d in docs.items()} == revisions
+    assert docs["garbage"]["_raw"] == "not json"
+    assert docs["a-list"]["_raw"] == "[1]"
+    plain = await cli("dump", "cli_ticket", "-n", ns, url=nats_url)
+    assert all("_revision" not in orjson.loads(line) for line in plain.stdout.splitlines())
+
+    got = await cli("get", "cli_ticket", "garbage", "-n", ns, "--meta", url=nats_url)
+    assert got.returncode == 0, got.stderr
+    expected = {"uuid": "garbage", "_raw": "not json", "_revision": revisions["garbage"]}
+    assert orjson.loads(got.stdout) == expected
+
+
 async def test_dump_and_get_show_integers_beyond_64_bits_exactly(nats_url: str, tickets: Database) -> None:
     # orjson read 2**70 + 1 as a float (1.1805916207174113e+21): the dump showed another number.
     big = 2**70 + 1
