@@ -505,12 +505,14 @@ async def _ls(conn: Connection) -> int:
 
 def _document_json(key: str, value: bytes, *, meta: bool, revision: int | None = None) -> dict[str, Any]:
     data = _decode(value)
-    if data is None:
-        return {"uuid": key, "_raw": value.decode("utf-8", "replace")}
     doc: dict[str, Any] = {"uuid": key}
-    for k, v in data.items():
-        if k != META_KEY or meta:
-            doc[k] = v
+    if data is None:
+        doc["_raw"] = value.decode("utf-8", "replace")
+    else:
+        for k, v in data.items():
+            if k != META_KEY or meta:
+                doc[k] = v
+    # Undecodable entries too: the revision is what a fix (or a dead-letter search) refers to.
     if meta and revision is not None:
         doc["_revision"] = revision
     return doc
@@ -767,8 +769,7 @@ async def _dl_list(conn: Connection) -> int:
     table.add_column("revision", justify="right")
     table.add_column("error", overflow="fold")
     for dl in letters:
-        first = dl.error.strip().splitlines()[0] if dl.error.strip() else ""
-        table.add_row(dl.collection, dl.key, str(dl.revision or ""), first)
+        table.add_row(dl.collection, dl.key, str(dl.revision or ""), dl.summary)
     out.print(table)
     return 0
 

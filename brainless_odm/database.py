@@ -13,11 +13,13 @@ import numbers
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+import pydantic_core
+from pydantic import ValidationError
 
 from .document import Document
 from .engine.collection import Collection, cancel_and_wait
@@ -95,6 +97,10 @@ def _node_from_location(location: str) -> int:
 class DeadLetter:
     """A stored entry that did not decode or validate, moved aside from its collection.
 
+    ``error`` is the full text of the error; ``summary`` the same in one line: ``field.path: message``
+    for each invalid field (the first three), or ``Invalid JSON: ...``, or the exception's message.
+    Letters stored before summaries were get theirs from ``error``'s text.
+
     Stored in the bucket ``{namespace}-_dead_letters`` under the key ``{collection}.{key}`` as a JSON
     object (the raw value base64-encoded); :meth:`encode` and :meth:`from_entry` are that format.
     """
@@ -106,6 +112,11 @@ class DeadLetter:
     revision: int
     location: str = ""
     time: float = 0.0
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.summary and self.error:
+            object.__setattr__(self, "summary", _summary_of_text(self.error))
 
     @property
     def id(self) -> str:
@@ -122,6 +133,7 @@ class DeadLetter:
                 "value": base64.b64encode(self.value).decode(),
                 "location": self.location,
                 "time": self.time,
+                "summary": self.summary,
             }
         )
 
@@ -138,9 +150,57 @@ class DeadLetter:
                 revision=int(r["revision"]),
                 location=str(r.get("location", "")),
                 time=float(r.get("time", 0.0)),
+                summary=str(r.get("summary") or ""),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"dead letter {entry.key!r} is unreadable: {exc}") from exc
+
+
+#: Validation errors a summary names; the rest are counted.
+_SUMMARY_ERRORS = 3
+_PYDANTIC_TITLE = re.compile(r"^\d+ validation errors? for ")
+_PYDANTIC_DETAIL = re.compile(r" \[type=.*\]$")
+
+
+def _one_line(parts: list[str]) -> str:
+    shown = [" ".join(p.split()) for p in parts[:_SUMMARY_ERRORS]]
+    more = len(parts) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _error_summary(exc: BaseException, value: bytes) -> str:
+    """:attr:`DeadLetter.summary` for the exception that made ``value`` a dead letter."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+        if parts:
+            return _one_line(parts)
+    try:  # Pydantic's JSON reader says only "expected value at line 1 column 1": say what it read
+        pydantic_core.from_json(value)
+    except ValueError as bad_json:
+        return _one_line([f"Invalid JSON: {bad_json}"])
+    return _one_line([str(exc) or type(exc).__name__])
+
+
+def _summary_of_text(error: str) -> str:
+    """A summary from an error's text alone, for letters stored before summaries were: Pydantic's
+    layout (a title line, then per error an unindented location line, unless it is empty, and the
+    message indented by two) read back into ``location: message``. Other text: its lines joined."""
+    lines = error.strip().splitlines()
+    if not lines or not _PYDANTIC_TITLE.match(lines[0]):
+        return _one_line([" ".join(lines)])
+    parts: list[str] = []
+    loc = ""
+    for line in lines[1:]:
+        if not line.startswith(" "):
+            loc = line.strip()
+        elif not line.startswith("   ") and line.strip():  # deeper: "For further information visit"
+            msg = _PYDANTIC_DETAIL.sub("", line.strip())
+            parts.append(f"{loc}: {msg}" if loc else msg)
+            loc = ""
+    return _one_line(parts) if parts else lines[0]
 
 
 class Database:
@@ -835,6 +895,7 @@ class Database:
             revision=entry.revision,
             location=self.location,
             time=time.time(),
+            summary=_error_summary(exc, entry.value),
         ).encode()
         try:
             dead = await self._dead_letters_bucket()
@@ -860,18 +921,25 @@ class Database:
                 log.warning("%s", exc)
         return sorted(out, key=lambda d: (d.collection, d.key))
 
-    async def requeue_dead_letter(self, letter: DeadLetter, value: bytes | None = None) -> Document:
+    async def requeue_dead_letter(
+        self, letter: DeadLetter, value: bytes | str | Mapping[str, Any] | None = None
+    ) -> Document:
         """Validate a dead letter (or a fixed ``value`` for it) with today's schema and store it.
 
-        Raises ``pydantic.ValidationError`` if it still does not validate (nothing changes then).
-        Returns the document, now in its collection.
+        ``value`` is the stored form (JSON ``bytes`` or ``str``) or a mapping of the fields, e.g.
+        ``orjson.loads(letter.value)`` with the bad field corrected; a mapping is serialised to JSON
+        and read back like a stored value, so it is validated exactly as one. Another type is a
+        ``TypeError``. Raises ``pydantic.ValidationError`` if it still does not validate, and
+        ``ValueError`` if it is not a JSON object (nothing changes then). Returns the document, now
+        in its collection.
         """
         from . import codec
 
+        raw = letter.value if value is None else _requeue_bytes(value)
         cls = next((c for c in self._collections if c.__odm__.collection == letter.collection), None)
         if cls is None:
             raise DatabaseError(f"no collection {letter.collection!r} in {self!r}")
-        doc = codec.decode(cls, letter.key, value if value is not None else letter.value)
+        doc = codec.decode(cls, letter.key, raw)
         coll = self.collection(cls)
         existing = coll.docs.get(letter.key)
         if existing is not None:
@@ -891,3 +959,22 @@ class Database:
     async def _drop_dead_letter(self, letter: DeadLetter) -> None:
         bucket = await self._dead_letters_bucket()
         await bucket.write([WriteOp(letter.id, None)])
+
+
+def _requeue_bytes(value: object) -> bytes:
+    """The JSON a fixed value for :meth:`Database.requeue_dead_letter` stands for."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, Mapping):
+        # Pydantic's writer rather than orjson: integers beyond 64 bits stay exact (orjson refuses
+        # them), and the decode path reads them back with Pydantic's reader too.
+        try:
+            return pydantic_core.to_json(dict(value))
+        except pydantic_core.PydanticSerializationError as exc:
+            raise TypeError(f"the fixed value for a dead letter is not JSON-serialisable: {exc}") from exc
+    raise TypeError(
+        "the fixed value for a dead letter must be bytes, a str of JSON or a mapping of the fields, "
+        f"not {type(value).__name__}"
+    )

@@ -30,7 +30,8 @@ async def main() -> None:
             # the collection loaded anyway; the bad entry was moved to "shop-_dead_letters"
             assert "legacy-a-1" not in Product.objects
             for letter in await db.dead_letters():
-                print(f"{letter.collection}/{letter.key} (revision {letter.revision}): {letter.error}")
+                print(f"{letter.collection}/{letter.key} (revision {letter.revision}): {letter.summary}")
+                # price: Input should be a valid integer, unable to parse string as an integer
                 print("  raw value:", letter.value)
             # --8<-- [end:list]
 
@@ -38,7 +39,7 @@ async def main() -> None:
             [letter] = [dl for dl in await db.dead_letters() if dl.key == "legacy-a-1"]
             fixed = orjson.loads(letter.value)
             fixed["price"] = 1250
-            product = await db.requeue_dead_letter(letter, orjson.dumps(fixed))  # validated, stored, removed
+            product = await db.requeue_dead_letter(letter, fixed)  # validated, stored, removed
             print("requeued:", product)
             assert await db.dead_letters() == []
             # --8<-- [end:requeue]

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from helpers import wait_for
 from nats.aio.client import Client
+from pydantic import ValidationError
 
 from brainless_odm import ConnectionLost, Database, Document, DocumentConfig, Indexed, Registry
 from brainless_odm.store.base import BucketConfig, Operation, WriteOp
@@ -149,6 +150,33 @@ async def test_dump(nats_url: str, tickets: Database) -> None:
     assert isinstance(first["_revision"], int)
 
 
+async def test_dump_and_get_meta_give_undecodable_entries_their_revision(
+    nats_url: str, nats_client: Client, brainless_namespace: str
+) -> None:
+    # No database runs here: it would move the undecodable entries to the dead letters.
+    ns = brainless_namespace
+    store = NatsKVStore(nats_client, namespace=ns)
+    bucket = await store.open_bucket(f"{ns}-cli_ticket", BucketConfig())
+    revisions = {}
+    for key, value in (("good", b'{"title": "ok"}'), ("garbage", b"not json"), ("a-list", b"[1]")):
+        [revisions[key]] = await bucket.write([WriteOp(key, value)])
+    await store.close()
+
+    dump = await cli("dump", "cli_ticket", "-n", ns, "--meta", url=nats_url)
+    assert dump.returncode == 0, dump.stderr
+    docs = {d["uuid"]: d for d in map(orjson.loads, dump.stdout.splitlines())}
+    assert {k: d["_revision"] for k, d in docs.items()} == revisions
+    assert docs["garbage"]["_raw"] == "not json"
+    assert docs["a-list"]["_raw"] == "[1]"
+    plain = await cli("dump", "cli_ticket", "-n", ns, url=nats_url)
+    assert all("_revision" not in orjson.loads(line) for line in plain.stdout.splitlines())
+
+    got = await cli("get", "cli_ticket", "garbage", "-n", ns, "--meta", url=nats_url)
+    assert got.returncode == 0, got.stderr
+    expected = {"uuid": "garbage", "_raw": "not json", "_revision": revisions["garbage"]}
+    assert orjson.loads(got.stdout) == expected
+
+
 async def test_dump_and_get_show_integers_beyond_64_bits_exactly(nats_url: str, tickets: Database) -> None:
     # orjson read 2**70 + 1 as a float (1.1805916207174113e+21): the dump showed another number.
     big = 2**70 + 1
@@ -262,11 +290,15 @@ async def test_dead_letters(nats_url: str, nats_client: Client, brainless_namesp
 
     listed = await cli("dead-letters", "list", "-n", ns, url=nats_url)
     assert listed.returncode == 0, listed.stderr
-    assert "bad-1" in listed.stdout
-    assert "cli_ticket" in listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if "bad-1" in line)
+    assert "cli_ticket" in row
+    # what is wrong and where, not Pydantic's title line ("1 validation error for CliTicket")
+    assert "priority: Input should be a valid integer" in row
+    assert "validation error" not in listed.stdout
 
     shown = await cli("dead-letters", "show", "cli_ticket", "bad-1", "-n", ns, url=nats_url)
     assert shown.returncode == 0, shown.stderr
+    assert "1 validation error for CliTicket" in shown.stdout  # the full text
     assert "urgent" in shown.stdout
     assert "priority" in shown.stdout
     assert "loader" in shown.stdout
@@ -283,6 +315,30 @@ async def test_dead_letters(nats_url: str, nats_client: Client, brainless_namesp
     after = await cli("dead-letters", "list", "-n", ns, url=nats_url)
     assert "bad-1" not in after.stdout
     await store.close()
+
+
+async def test_dead_letters_list_shows_what_is_wrong_in_letters_stored_before_summaries(
+    nats_url: str, nats_client: Client, brainless_namespace: str
+) -> None:
+    ns = brainless_namespace
+    with pytest.raises(ValidationError) as invalid:
+        CliTicket.model_validate({"title": "x", "priority": "urgent"})
+    with pytest.raises(ValidationError) as not_json:
+        CliTicket.model_validate_json(b"{oops")
+    store = NatsKVStore(nats_client, namespace=ns)
+    dead = await store.open_bucket(f"{ns}-_dead_letters", BucketConfig())
+    # The record as it was stored before it carried a summary: only Pydantic's text.
+    for key, exc in (("old-1", invalid.value), ("old-2", not_json.value)):
+        old = {"collection": "cli_ticket", "key": key, "revision": 3, "error": str(exc), "value": ""}
+        await dead.write([WriteOp(f"cli_ticket.{key}", orjson.dumps(old))])
+    await store.close()
+
+    listed = await cli("dead-letters", "list", "-n", ns, url=nats_url)
+    assert listed.returncode == 0, listed.stderr
+    rows = {key: line for line in listed.stdout.splitlines() for key in ("old-1", "old-2") if key in line}
+    assert "priority: Input should be a valid integer" in rows["old-1"]
+    assert "Invalid JSON: key must be a string at line 1 column 2" in rows["old-2"]
+    assert "validation error" not in listed.stdout
 
 
 async def test_dead_letters_none(nats_url: str, brainless_namespace: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from brainless_odm import (
     Database,
+    DeadLetter,
     Document,
     DocumentConfig,
     Indexed,
@@ -98,3 +99,9 @@ async def test_types() -> None:
             Database("nats://127.0.0.1:4222")  # type: ignore[arg-type]  # a client, not a URL
         with pytest.raises(QueryError):
             await objects.get(added.uuid or "", priority=1)  # type: ignore[call-overload]  # one or the other
+
+        # A dead letter's fixed value: the stored bytes, a str of JSON, or a mapping of the fields.
+        letter = DeadLetter(collection=Call.__odm__.collection, key="fixed", error="", value=b"", revision=1)
+        with pytest.raises(TypeError):
+            await db.requeue_dead_letter(letter, 12)  # type: ignore[arg-type]  # not a value
+        assert_type(await db.requeue_dead_letter(letter, {"channel_id": "fixed"}), Document)

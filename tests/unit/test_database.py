@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from helpers import DbFactory, wait_for
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 import brainless_odm
 from brainless_odm import (
@@ -280,6 +280,45 @@ async def test_poison_value_goes_to_dead_letters_and_the_collection_still_loads(
     assert Note.model_validate_json(entry.value).text == "fixed"
 
 
+async def test_requeue_takes_the_fixed_value_as_a_dict_or_a_str_of_json(make_db: DbFactory) -> None:
+    # Someone fixing a dead letter holds a dict (orjson.loads(letter.value), corrected): it was
+    # refused with pydantic_core's "Expected bytes, bytearray or str". A dict is read back as a
+    # stored value, so it validates exactly as one would, big integers included.
+    store = MemoryStore()
+    await store.open_bucket("rqv-note", BucketConfig())
+    bucket = store.bucket("rqv-note")
+    for key in ("as-dict", "as-str", "as-bytes", "invalid"):
+        await bucket.put_raw(key, b'{"text": "x", "n": "twelve"}')
+    db = await make_db(Note, store=store, namespace="rqv")
+    letters = {d.key: d for d in await db.dead_letters()}
+    objects = Note.objects.using(db)
+
+    fixed = orjson.loads(letters["as-dict"].value)
+    fixed["n"] = 2**70 + 1  # beyond 64 bits: orjson would refuse to serialise it
+    doc = await db.requeue_dead_letter(letters["as-dict"], fixed)
+    assert isinstance(doc, Note)
+    assert (doc.text, doc.n) == ("x", 2**70 + 1)
+    assert objects["as-dict"] is doc
+    await db.requeue_dead_letter(letters["as-str"], '{"text": "s", "n": 1}')
+    await db.requeue_dead_letter(letters["as-bytes"], b'{"n": 2}')
+    assert (objects["as-str"].n, objects["as-bytes"].n) == (1, 2)
+    entry = await bucket.get("as-dict")
+    assert entry is not None
+    assert Note.model_validate_json(entry.value).n == 2**70 + 1
+
+    # Still invalid, or not a value at all: the letter stays, nothing is stored.
+    invalid = letters["invalid"]
+    with pytest.raises(ValidationError):
+        await db.requeue_dead_letter(invalid, {"text": "x", "n": "still not a number"})
+    with pytest.raises(TypeError, match=r"bytes, a str of JSON or a mapping of the fields, not int"):
+        await db.requeue_dead_letter(invalid, 12)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        await db.requeue_dead_letter(invalid, {"text": object()})
+    assert [d.key for d in await db.dead_letters()] == ["invalid"]
+    assert "invalid" not in objects
+    assert not any(d.is_dirty for d in objects)
+
+
 async def test_a_requeue_that_lands_while_another_document_fails_drops_its_letter(
     make_db: DbFactory,
 ) -> None:
@@ -310,6 +349,82 @@ async def test_poison_value_arriving_through_the_watch(make_db: DbFactory) -> No
     (letter,) = await db.dead_letters()
     assert (letter.collection, letter.key, letter.value) == ("note", "late", b"\xff\xfe")
     assert "late" not in Note.objects.using(db)
+
+
+class Nested(Document):
+    # A registry of its own: test_documents_can_be_a_registry lists REG's classes.
+    model_config = DocumentConfig(registry=Registry(), collection="nested")
+
+    tags: list[str] = Field(default_factory=list)
+    a: int = 0
+    b: int = 0
+    c: int = 0
+
+
+async def test_a_dead_letter_summary_names_each_field_and_its_error(make_db: DbFactory) -> None:
+    # `.error` is Pydantic's text, whose first line ("1 validation error for Note") was all that
+    # `dead-letters list` showed; `.summary` says in one line what is wrong, and where.
+    store = MemoryStore()
+    await store.open_bucket("sum-note", BucketConfig())
+    await store.open_bucket("sum-nested", BucketConfig())
+    await store.bucket("sum-note").put_raw("two", orjson.dumps({"text": 5, "n": "many"}))
+    await store.bucket("sum-note").put_raw("garbage", b"not json")
+    await store.bucket("sum-note").put_raw("a-list", b"[1, 2]")
+    await store.bucket("sum-nested").put_raw(
+        "four", orjson.dumps({"tags": ["ok", 7], "a": "x", "b": "y", "c": "z"})
+    )
+    db = await make_db(Note, Nested, store=store, namespace="sum")
+    await store.bucket("sum-note").put_raw("late", b"\xff\xfe")  # through the watch: another path
+    await wait_for(lambda: _has_letter(db, "late"), what="the late dead letter")
+    by_key = {d.key: d for d in await db.dead_letters()}
+
+    assert by_key["two"].summary == (
+        "text: Input should be a valid string; n: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
+    assert by_key["two"].error.startswith("2 validation errors for Note\n")  # the full text stays
+    assert by_key["garbage"].summary == "Invalid JSON: expected ident at line 1 column 2"
+    assert by_key["late"].summary.startswith("Invalid JSON: ")
+    assert "\n" not in by_key["late"].summary
+    assert by_key["a-list"].summary == "Input should be an object"
+    assert by_key["four"].summary == (
+        "tags.1: Input should be a valid string; a: Input should be a valid integer, unable to parse "
+        "string as an integer; b: Input should be a valid integer, unable to parse string as an "
+        "integer; and 1 more"
+    )
+
+
+async def _has_letter(db: Database, key: str) -> bool:
+    return any(d.key == key for d in await db.dead_letters())
+
+
+async def test_a_dead_letter_stored_without_a_summary_gets_one_from_its_error_text(
+    make_db: DbFactory,
+) -> None:
+    # Letters stored before summaries were have only Pydantic's text: they must still show their
+    # fields and messages, not the title line.
+    with pytest.raises(ValidationError) as invalid:
+        Nested.model_validate({"tags": ["ok", 7], "a": "x"})
+    with pytest.raises(ValidationError) as not_json:
+        Note.model_validate_json(b"not json")
+    store = MemoryStore()
+    await store.open_bucket("old-_dead_letters", BucketConfig())
+    dead = store.bucket("old-_dead_letters")
+    for key, error in (
+        ("invalid", str(invalid.value)),
+        ("not-json", str(not_json.value)),
+        ("other", "stored value is a JSON list,\nnot an object"),
+    ):
+        old = {"collection": "note", "key": key, "revision": 1, "error": error, "value": "", "location": "x"}
+        await dead.put_raw(f"note.{key}", orjson.dumps(old))
+    db = await make_db(Note, store=store, namespace="old")
+    by_key = {d.key: d for d in await db.dead_letters()}
+    assert by_key["invalid"].summary == (
+        "tags.1: Input should be a valid string; a: Input should be a valid integer, unable to parse "
+        "string as an integer"
+    )
+    assert by_key["not-json"].summary == "Invalid JSON: expected ident at line 1 column 2"
+    assert by_key["other"].summary == "stored value is a JSON list, not an object"
 
 
 # -- oversize --------------------------------------------------------------------------------------
