@@ -512,6 +512,7 @@ def _document_json(key: str, value: bytes, *, meta: bool, revision: int | None =
         for k, v in data.items():
             if k != META_KEY or meta:
                 doc[k] = v
+        doc["uuid"] = key  # the key, also over a "uuid" member another tool stored in the value
     # Undecodable entries too: the revision is what a fix (or a dead-letter search) refers to.
     if meta and revision is not None:
         doc["_revision"] = revision

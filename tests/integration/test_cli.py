@@ -150,7 +150,7 @@ async def test_dump(nats_url: str, tickets: Database) -> None:
     assert isinstance(first["_revision"], int)
 
 
-async def test_dump_and_get_meta_give_undecodable_entries_their_revision(
+async def test_dump_and_get_meta_give_every_entry_its_key_and_revision(
     nats_url: str, nats_client: Client, brainless_namespace: str
 ) -> None:
     # No database runs here: it would move the undecodable entries to the dead letters.
@@ -158,7 +158,13 @@ async def test_dump_and_get_meta_give_undecodable_entries_their_revision(
     store = NatsKVStore(nats_client, namespace=ns)
     bucket = await store.open_bucket(f"{ns}-cli_ticket", BucketConfig())
     revisions = {}
-    for key, value in (("good", b'{"title": "ok"}'), ("garbage", b"not json"), ("a-list", b"[1]")):
+    entries = (
+        ("good", b'{"title": "ok"}'),
+        ("garbage", b"not json"),
+        ("a-list", b"[1]"),
+        ("spoof", b'{"title": "ok", "uuid": "another"}'),  # the key is shown, not the member
+    )
+    for key, value in entries:
         [revisions[key]] = await bucket.write([WriteOp(key, value)])
     await store.close()
 
@@ -168,6 +174,7 @@ async def test_dump_and_get_meta_give_undecodable_entries_their_revision(
     assert {k: d["_revision"] for k, d in docs.items()} == revisions
     assert docs["garbage"]["_raw"] == "not json"
     assert docs["a-list"]["_raw"] == "[1]"
+    assert docs["spoof"]["title"] == "ok"
     plain = await cli("dump", "cli_ticket", "-n", ns, url=nats_url)
     assert all("_revision" not in orjson.loads(line) for line in plain.stdout.splitlines())
 
