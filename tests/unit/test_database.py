@@ -538,7 +538,8 @@ async def test_a_flush_timer_firing_during_stop_logs_nothing(caplog: pytest.LogC
     with caplog.at_level("WARNING", logger="brainless_odm"):
         await db.stop()
         await asyncio.sleep(0.02)
-    assert [r.getMessage() for r in caplog.records] == []
+    # A NATS client another test left reconnecting may log on the shared loop meanwhile.
+    assert [r.getMessage() for r in caplog.records if r.name != "brainless_odm.store.nats"] == []
     assert not note.is_dirty  # stop() itself wrote it
 
 
