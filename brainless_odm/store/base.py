@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..exceptions import InvalidKey, PayloadTooLarge, StoreError
+from ..exceptions import BucketNotFound, InvalidKey, PayloadTooLarge, StoreError
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -58,6 +58,7 @@ __all__ = [
     "Snapshot",
     "WriteOp",
     "WriteResult",
+    "bucket_not_found",
     "check_bucket_name",
     "check_key",
     "check_op",
@@ -249,6 +250,11 @@ def check_bucket_name(name: str) -> None:
             f"bucket name {name[:40]!r}... has {len(name)} characters; NATS allows at most "
             f"{MAX_BUCKET_NAME} (its stream is KV_<name>, and stream names have at most 255)"
         )
+
+
+def bucket_not_found(name: str) -> BucketNotFound:
+    """The error of every store for an operation on bucket ``name`` that does not exist (any more)."""
+    return BucketNotFound(f"bucket {name!r} does not exist: it was deleted (opening it again creates it)")
 
 
 def check_op(bucket: str, op: WriteOp, limit: int) -> StoreError | None:

@@ -12,7 +12,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from ..exceptions import BucketNotFound
 from .base import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_ROOM,
@@ -23,6 +22,7 @@ from .base import (
     Snapshot,
     WriteOp,
     WriteResult,
+    bucket_not_found,
     check_bucket_name,
     check_key,
     check_op,
@@ -79,7 +79,7 @@ class MemoryBucket:
 
     def _check(self) -> None:
         if self.deleted:
-            raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+            raise bucket_not_found(self._name)
         if self._ttl is not None:
             self._expire(time.monotonic())
 
@@ -104,7 +104,7 @@ class MemoryBucket:
             while True:
                 item = await queue.get()
                 if item is None:  # as a NATS watch whose stream is gone
-                    raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+                    raise bucket_not_found(self._name)
                 yield item
         finally:
             self._watchers.discard(queue)
@@ -194,7 +194,7 @@ class MemoryBucket:
 
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
         if self.deleted:
-            return BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+            return bucket_not_found(self._name)
         bad = check_op(self._name, op, self._limit)
         if bad is not None:
             return bad

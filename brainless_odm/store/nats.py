@@ -55,6 +55,7 @@ from brainless_odm.store.base import (
     Snapshot,
     WriteOp,
     WriteResult,
+    bucket_not_found,
     check_bucket_name,
     check_key,
     check_op,
@@ -1000,7 +1001,7 @@ class NatsBucket:
             return await _api(self._nc, subject, payload, self._timeout)
         except _ApiError as e:
             if e.err_code == _ERR_STREAM_NOT_FOUND:
-                raise BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})") from e
+                raise bucket_not_found(self._name) from e
             raise
 
     async def _stream_info(self) -> dict[str, Any]:
@@ -1202,7 +1203,7 @@ class NatsBucket:
                 limit=self.max_value_size,
             )
         if err_code == _ERR_STREAM_NOT_FOUND:
-            return BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})")
+            return bucket_not_found(self._name)
         return StoreError(f"{self._name}/{op.key}: {desc} (err_code {err_code})")
 
     def _command(self, op: WriteOp, token: int) -> bytes:

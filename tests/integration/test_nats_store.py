@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -688,10 +689,12 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
 ) -> None:
     """A bucket handle addresses its bucket by name: deleted, it fails with BucketNotFound (its
-    watch too, where memory ended it quietly); created again (by anyone), the old handle reads and
-    writes the new bucket, whose revisions start again. Memory's old handle stayed dead."""
+    watch too, where memory ended it quietly), whose message is the same on both stores;
+    created again (by anyone), the old handle reads and writes the new bucket, whose revisions
+    start again. Memory's old handle stayed dead."""
     other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
     name = f"{brainless_namespace}-again"
+    gone_message = f"bucket {name!r} does not exist: it was deleted (opening it again creates it)"
     bucket = await any_store.open_bucket(name, BucketConfig())
     assert await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"1")]) == [1, 2]
     watch = bucket.watch(2)
@@ -699,17 +702,21 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     await asyncio.sleep(0.3)  # the watch is running
     assert await other.delete_bucket(name) is True
     assert await other.delete_bucket(name) is False
-    with pytest.raises(BucketNotFound):
+    with pytest.raises(BucketNotFound) as ended:
         await asyncio.wait_for(pending, 5)
+    assert str(ended.value) == gone_message
     aclose = getattr(watch, "aclose", None)
     if aclose is not None:
         await aclose()
     (gone,) = await bucket.write([WriteOp("a", b"2")])
     assert isinstance(gone, BucketNotFound)
-    with pytest.raises(BucketNotFound):
+    assert str(gone) == gone_message
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await bucket.get("a")
-    with pytest.raises(BucketNotFound):
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await bucket.load()
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
+        await anext(bucket.watch(0))
     assert name not in await any_store.list_buckets()
 
     fresh = await other.open_bucket(name, BucketConfig(history=2))
