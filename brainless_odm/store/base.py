@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..exceptions import BucketNotFound, InvalidKey, PayloadTooLarge, StoreError
+from ..exceptions import BucketNotFound, ConnectionClosed, InvalidKey, PayloadTooLarge, StoreError
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -63,6 +63,7 @@ __all__ = [
     "check_key",
     "check_op",
     "duplicate_window",
+    "store_closed",
     "valid_key",
 ]
 
@@ -215,7 +216,9 @@ class KVStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release what the store opened (never the caller's NATS connection)."""
+        """Release what the store opened (never the caller's NATS connection). It is final: every
+        later call of the store and of the buckets it opened fails with ``ConnectionClosed``
+        (running watches end with it), and leaves nothing running behind."""
         ...
 
 
@@ -255,6 +258,13 @@ def check_bucket_name(name: str) -> None:
 def bucket_not_found(name: str) -> BucketNotFound:
     """The error of every store for an operation on bucket ``name`` that does not exist (any more)."""
     return BucketNotFound(f"bucket {name!r} does not exist: it was deleted (opening it again creates it)")
+
+
+def store_closed(bucket: str | None = None, key: str | None = None) -> ConnectionClosed:
+    """The error of every store for a call made after its ``close()``, on bucket ``bucket``
+    (and key ``key``)."""
+    what = "" if bucket is None else f"bucket {bucket!r}: " if key is None else f"{bucket}/{key}: "
+    return ConnectionClosed(f"{what}the store was closed; nothing more goes through it (use a new one)")
 
 
 def check_op(bucket: str, op: WriteOp, limit: int) -> StoreError | None:

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
+from ..exceptions import StoreError
 from .base import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_ROOM,
@@ -27,6 +28,7 @@ from .base import (
     check_key,
     check_op,
     duplicate_window,
+    store_closed,
 )
 
 __all__ = ["MemoryBucket", "MemoryStore"]
@@ -47,8 +49,11 @@ class MemoryBucket:
 
     def __init__(self, name: str, config: BucketConfig) -> None:
         self._name = name
-        self._watchers: set[asyncio.Queue[Entry | None]] = set()
+        # A watch's queue: entries, then the error that ends it (the bucket deleted, or closed).
+        self._watchers: set[asyncio.Queue[Entry | StoreError]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Its store was closed: every call fails with ``ConnectionClosed``, for good.
+        self.closed = False
         self._reset(config)
 
     def _reset(self, config: BucketConfig) -> None:
@@ -78,6 +83,8 @@ class MemoryBucket:
         return self._limit
 
     def _check(self) -> None:
+        if self.closed:
+            raise store_closed(self._name)
         if self.deleted:
             raise bucket_not_found(self._name)
         if self._ttl is not None:
@@ -90,7 +97,7 @@ class MemoryBucket:
 
     async def watch(self, after: int) -> AsyncIterator[Entry]:
         self._check()
-        queue: asyncio.Queue[Entry | None] = asyncio.Queue()
+        queue: asyncio.Queue[Entry | StoreError] = asyncio.Queue()
         # Same tick as the registration below: nothing can be written in between. Every retained
         # revision, as a NATS consumer replays the stream (up to ``history`` per key).
         replay = [e for e in self._latest.values() if e.revision > after]
@@ -103,15 +110,15 @@ class MemoryBucket:
         try:
             while True:
                 item = await queue.get()
-                if item is None:  # as a NATS watch whose stream is gone
-                    raise bucket_not_found(self._name)
+                if isinstance(item, StoreError):  # deleted (as a NATS watch whose stream is gone) or closed
+                    raise item
                 yield item
         finally:
             self._watchers.discard(queue)
 
     async def get(self, key: str) -> Entry | None:
+        check_key(key)  # first, as on NATS (checked before anything is sent)
         self._check()
-        check_key(key)
         return self._latest.get(key)
 
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
@@ -155,7 +162,7 @@ class MemoryBucket:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.deleted:
+        if self.deleted or self.closed:
             return
         now = time.monotonic()
         self._expire(now)
@@ -193,11 +200,14 @@ class MemoryBucket:
     # -- writes ---------------------------------------------------------------------------------
 
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
-        if self.deleted:
-            return bucket_not_found(self._name)
+        # What is wrong with the op itself first: NATS checks it before anything is sent.
         bad = check_op(self._name, op, self._limit)
         if bad is not None:
             return bad
+        if self.closed:
+            return store_closed(self._name, op.key)
+        if self.deleted:
+            return bucket_not_found(self._name)
         # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
         # expected revision went stale is refused even if its first attempt landed.
         if op.expected_revision is not None:
@@ -221,7 +231,7 @@ class MemoryBucket:
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         now = time.monotonic()
-        if self._ttl is not None and not self.deleted:
+        if self._ttl is not None and not self.deleted and not self.closed:
             self._expire(now)
         results = [self._write_one(op, now) for op in ops]
         await asyncio.sleep(0)  # a write is a suspension point, as on the network
@@ -229,19 +239,21 @@ class MemoryBucket:
 
     async def purge(self, key: str) -> int:
         """Drop every revision of ``key`` and leave a purge marker (as ``kv.purge``)."""
-        self._check()
         check_key(key)
+        self._check()
         self._latest.pop(key, None)
         self._older.pop(key, None)
         return self._append(key, b"", Operation.PURGE)
 
     async def put_raw(self, key: str, value: bytes) -> int:
         """Store ``value`` as is, unconditionally (operators' and tests' back door)."""
-        self._check()
         check_key(key)
+        self._check()
         return self._append(key, value, Operation.PUT)
 
     async def purge_deletes(self) -> None:
+        if self.closed:
+            raise store_closed(self._name)
         for key, entry in list(self._latest.items()):
             if entry.operation is not Operation.PUT:
                 del self._latest[key]
@@ -253,7 +265,15 @@ class MemoryBucket:
         self._reset(self.config)
         self.deleted = True
         for q in self._watchers:
-            q.put_nowait(None)
+            q.put_nowait(bucket_not_found(self._name))
+
+    def _close(self) -> None:
+        """Its store was closed: the data goes, watches end with ``ConnectionClosed``, and every
+        call fails with it, for good."""
+        self._reset(self.config)
+        self.closed = True
+        for q in self._watchers:
+            q.put_nowait(store_closed(self._name))
 
 
 class MemoryStore:
@@ -261,9 +281,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._buckets: dict[str, MemoryBucket] = {}
+        self._closed = False
 
     async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
         check_bucket_name(name)
+        if self._closed:
+            raise store_closed(name)
         bucket = self._buckets.get(name)
         if bucket is None:
             bucket = self._buckets[name] = MemoryBucket(name, config)
@@ -278,6 +301,8 @@ class MemoryStore:
         return self._buckets[name]
 
     async def delete_bucket(self, name: str) -> bool:
+        if self._closed:
+            raise store_closed(name)
         bucket = self._buckets.get(name)
         if bucket is None or bucket.deleted:
             return False
@@ -286,7 +311,14 @@ class MemoryStore:
 
     async def list_buckets(self) -> list[str]:
         """Every bucket of this store (there are no namespaces here), sorted."""
+        if self._closed:
+            raise store_closed()
         return sorted(name for name, bucket in self._buckets.items() if not bucket.deleted)
 
     async def close(self) -> None:
-        """Nothing to release: the data lives as long as this object."""
+        """Drop the data and end every watch, as closing a NATS store ends its buckets: from now on
+        the store and its buckets fail every call with ``ConnectionClosed``. Databases sharing a
+        store do not close it; ``Database(None, ...)`` closes its own when it stops."""
+        self._closed = True
+        for bucket in self._buckets.values():
+            bucket._close()

@@ -27,7 +27,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import nats
 import nats.aio.client
@@ -59,6 +59,7 @@ from brainless_odm.store.base import (
     check_bucket_name,
     check_key,
     check_op,
+    store_closed,
 )
 
 __all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect", "refused_credentials"]
@@ -600,6 +601,10 @@ class _PushConsumer:
             )
         except _CONNECTION_ERRORS as e:
             raise _lost(f"watching bucket {self._bucket.name}", e) from e
+        if self.closed:
+            # stop() ran while we subscribed (the bucket closed): it found nothing to end.
+            await self.stop()
+            return
         self.last_activity = time.monotonic()
         self._bucket._wire.route(self.sub, self._route)
         try:
@@ -612,6 +617,8 @@ class _PushConsumer:
             raise
         self.name = str(info.get("name"))
         self.num_pending_at_start = int(info.get("num_pending", 0))
+        if self.closed and self.sub is None:
+            await self.stop()  # stopped while the server created it: delete it there too
 
     async def stop(self) -> None:
         """Unsubscribe and delete the consumer on the server (best effort, never raises)."""
@@ -720,6 +727,8 @@ class _WatchState:
         self._monitor: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
+        # Why it was closed, if not by its owner: raised once by the next __anext__.
+        self._close_error: StoreError | None = None
         self._held_flow: list[str] = []
         self._reconnects = 0
         self.sink: Callable[[Entry], None] | None = None
@@ -733,10 +742,30 @@ class _WatchState:
             await self._start()
 
     async def _start(self) -> None:
-        self._bucket._watches.add(self)
+        bucket = self._bucket
+        if bucket._closed:
+            raise store_closed(bucket.name)
+        bucket._watches.add(self)
         self._reconnects = self._nc.stats["reconnects"]
-        await self._new_consumer()
+        try:
+            await self._new_consumer()
+        except BaseException:
+            bucket._watches.discard(self)
+            c, self._consumer = self._consumer, None
+            if c is not None:
+                await c.stop()
+            raise
+        if self._closed:
+            # Closed while the consumer started (the bucket's close(), or our owner's aclose()),
+            # which stopped it: no monitor to start.
+            self._raise_closed()
         self._monitor = asyncio.get_running_loop().create_task(self._run_monitor())
+
+    def _raise_closed(self) -> NoReturn:
+        err, self._close_error = self._close_error, None
+        if err is not None:
+            raise err
+        raise StopAsyncIteration
 
     async def _new_consumer(self) -> None:
         old, self._consumer = self._consumer, None
@@ -814,7 +843,7 @@ class _WatchState:
 
     async def __anext__(self) -> Entry:
         if self._closed:
-            raise StopAsyncIteration
+            self._raise_closed()
         if self._monitor is None:
             await self._start()
         while not self._queue:
@@ -823,7 +852,7 @@ class _WatchState:
                 await self.aclose()
                 raise err
             if self._closed:
-                raise StopAsyncIteration
+                self._raise_closed()
             self._ready.clear()
             await self._ready.wait()
         entry = self._queue.popleft()
@@ -834,10 +863,12 @@ class _WatchState:
                     await self._nc.publish(reply)
         return entry
 
-    async def aclose(self) -> None:
+    async def aclose(self, error: StoreError | None = None) -> None:
+        """Stop; ``error`` (the bucket closed) is then raised by the next ``__anext__``."""
         if self._closed:
             return
         self._closed = True
+        self._close_error = error
         self._ready.set()
         self._reset_needed.set()
         monitor, self._monitor = self._monitor, None
@@ -973,6 +1004,7 @@ class NatsBucket:
         self._wire = _Wire.of(nc)
         self._batch = False
         self._ack_lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -997,6 +1029,8 @@ class NatsBucket:
         return self._prefix + key
 
     async def _api(self, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+        if self._closed:
+            raise store_closed(self._name)
         try:
             return await _api(self._nc, subject, payload, self._timeout)
         except _ApiError as e:
@@ -1114,6 +1148,8 @@ class NatsBucket:
     async def get(self, key: str) -> Entry | None:
         """The latest entry of ``key`` including delete/purge markers, or ``None`` if never written."""
         check_key(key)
+        if self._closed:
+            raise store_closed(self._name)
         subject = self._subject(key)
         if self._direct:
             if not self._nc.is_connected:
@@ -1153,13 +1189,21 @@ class NatsBucket:
 
     async def _ensure_ack_sub(self) -> None:
         async with self._ack_lock:
+            if self._closed:
+                raise store_closed(self._name)
             if self._ack_sub is not None:
                 return
             prefix = self._nc.new_inbox() + "."
             try:
-                self._ack_sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
             except _CONNECTION_ERRORS as e:
                 raise _lost(f"writing to bucket {self._name}", e) from e
+            if self._closed:
+                # close() ran while we subscribed: it found no subscription to end.
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                raise store_closed(self._name)
+            self._ack_sub = sub
             self._ack_prefix = prefix
             self._batch = self._wire.batch and self._wire.route(self._ack_sub, self._ack_route)
 
@@ -1290,10 +1334,12 @@ class NatsBucket:
         """
         if not ops:
             return []
-        if self._ack_sub is None:
+        if self._ack_sub is None or self._closed:
             try:
                 await self._ensure_ack_sub()
             except (ConnectionLost, ConnectionClosed) as e:
+                if self._closed:
+                    return [self._closed_result(op) for op in ops]
                 return [e] * len(ops)
         nc = self._nc
         loop = asyncio.get_running_loop()
@@ -1320,7 +1366,9 @@ class NatsBucket:
                 while i < n and len(tokens) < room:
                     op = ops[i]
                     bad = check_op(self._name, op, self.max_value_size)
-                    if bad is None and (not nc.is_connected or nc.is_draining_pubs):
+                    if bad is None and self._closed:
+                        bad = store_closed(self._name, op.key)
+                    elif bad is None and (not nc.is_connected or nc.is_draining_pubs):
                         # nats-py would buffer the publish until a reconnect and we would wait the
                         # full timeout for an ack; fail now, the engine retries (same msg_id).
                         bad = _disconnected(nc, f"{self._name}/{op.key}")
@@ -1372,6 +1420,10 @@ class NatsBucket:
 
     # -- housekeeping -------------------------------------------------------------------------
 
+    def _closed_result(self, op: WriteOp) -> StoreError:
+        """A write's result after close(): what is wrong with the op itself first, as before it."""
+        return check_op(self._name, op, self.max_value_size) or store_closed(self._name, op.key)
+
     async def purge_deletes(self, older_than: float = 30 * 60) -> None:
         """Remove delete/purge markers older than ``older_than`` seconds, and what they hide.
 
@@ -1387,9 +1439,12 @@ class NatsBucket:
             await self._api(f"$JS.API.STREAM.PURGE.{self._stream}", {"filter": subject, "seq": seq + 1})
 
     async def close(self) -> None:
-        """Stop this bucket's watches and its ack subscription."""
+        """Stop this bucket's watches (they end with ``ConnectionClosed``) and its ack subscription.
+        Final: every later call fails with ``ConnectionClosed`` and starts nothing (writes and
+        watches racing with this end so too, and leave no subscription or task behind)."""
+        self._closed = True
         for w in list(self._watches):
-            await w.aclose()
+            await w.aclose(store_closed(self._name))
         sub, self._ack_sub = self._ack_sub, None
         if sub is not None:
             self._wire.unroute(sub)
@@ -1397,8 +1452,13 @@ class NatsBucket:
                 await sub.unsubscribe()
         acks, self._acks = self._acks, {}
         for rnd, i in acks.values():
+            # Sent, so it may have been written; it will never be known here.
             rnd.settle(
-                i, _lost(f"{self._name}/{rnd.ops[i].key}: bucket closed before the ack", TimeoutError())
+                i,
+                ConnectionClosed(
+                    f"{self._name}/{rnd.ops[i].key}: the store was closed before the write's ack came "
+                    "(it may have been written)"
+                ),
             )
 
 
@@ -1478,6 +1538,7 @@ class NatsKVStore:
         self._max_inflight = max_inflight
         self._heartbeat = heartbeat
         self._buckets: list[NatsBucket] = []
+        self._closed = False
 
     async def open_bucket(self, name: str, config: BucketConfig) -> NatsBucket:
         """Open bucket ``name`` (already namespaced), creating it with ``config`` where missing.
@@ -1486,6 +1547,8 @@ class NatsKVStore:
         is logged (changing a bucket is an operator's decision, not a side effect of starting).
         """
         check_bucket_name(name)
+        if self._closed:
+            raise store_closed(name)
         wanted = _stream_config(name, config)
         stream = wanted["name"]
         try:
@@ -1506,6 +1569,8 @@ class NatsKVStore:
             log.warning(
                 "bucket %s exists with different settings, using it as it is: %s", name, ", ".join(diffs)
             )
+        if self._closed:  # while we asked the server: close() would not end this bucket
+            raise store_closed(name)
         bucket = NatsBucket(
             self._nc,
             name,
@@ -1519,6 +1584,8 @@ class NatsKVStore:
 
     async def delete_bucket(self, name: str) -> bool:
         """Delete bucket ``name`` and all its data. ``False`` if it did not exist."""
+        if self._closed:
+            raise store_closed(name)
         try:
             await _api(self._nc, f"$JS.API.STREAM.DELETE.KV_{name}", None, self._timeout)
         except _ApiError as e:
@@ -1529,6 +1596,8 @@ class NatsKVStore:
 
     async def list_buckets(self) -> list[str]:
         """Names of the buckets of this namespace (``{namespace}-*``), sorted."""
+        if self._closed:
+            raise store_closed()
         prefix = f"KV_{self.namespace}-"
         names: list[str] = []
         offset = 0
@@ -1543,7 +1612,9 @@ class NatsKVStore:
         return sorted(names)
 
     async def close(self) -> None:
-        """Stop every watch and ack subscription this store opened. The connection stays open."""
+        """Stop every watch and ack subscription this store opened. The connection stays open.
+        Final: the store and its buckets fail every later call with ``ConnectionClosed``."""
+        self._closed = True
         buckets, self._buckets = self._buckets, []
         for b in buckets:
             await b.close()

@@ -9,11 +9,19 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
-from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge, StoreError
+from brainless_odm.exceptions import (
+    BucketNotFound,
+    ConnectionClosed,
+    ConnectionLost,
+    InvalidKey,
+    PayloadTooLarge,
+    StoreError,
+)
 from brainless_odm.store.base import (
     HEADER_ROOM,
     MAX_MSG_ID,
@@ -26,7 +34,7 @@ from brainless_odm.store.base import (
     WriteOp,
 )
 from brainless_odm.store.memory import MemoryBucket, MemoryStore
-from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect, refused_credentials
+from brainless_odm.store.nats import NatsBucket, NatsKVStore, NatsWatch, connect, refused_credentials
 from brainless_odm.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -708,9 +716,12 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     aclose = getattr(watch, "aclose", None)
     if aclose is not None:
         await aclose()
-    (gone,) = await bucket.write([WriteOp("a", b"2")])
+    gone, bad = await bucket.write([WriteOp("a", b"2"), WriteOp("a b", b"2")])
     assert isinstance(gone, BucketNotFound)
     assert str(gone) == gone_message
+    assert isinstance(bad, InvalidKey)  # what is wrong with the op itself comes first (memory: not)
+    with pytest.raises(InvalidKey):
+        await bucket.get("a b")
     with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await bucket.get("a")
     with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
@@ -786,3 +797,87 @@ async def test_ttl_markers_come_on_time_with_nobody_reading(
         aclose = getattr(watch, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def test_a_closed_store_fails_every_call_and_leaves_nothing_running(
+    any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """close() is final on both stores: a running watch ends with ConnectionClosed, and every later
+    call of the store or its buckets fails with it (a bad key is still named as such) without
+    subscribing or starting anything again. NATS re-subscribed its ack inbox for a write after
+    close() and started a consumer and a monitor task for a watch; memory went on as if open."""
+    name = f"{brainless_namespace}-closing"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1")]) == [1]
+    subs = len(nats_client._subs)
+    watch = bucket.watch(0)
+    assert (await asyncio.wait_for(anext(watch), 5)).key == "a"
+    pending = asyncio.ensure_future(anext(watch))
+    tasks = asyncio.all_tasks()
+    await any_store.close()
+    closed = f"bucket {name!r}: the store was closed; nothing more goes through it (use a new one)"
+    with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+        await asyncio.wait_for(pending, 5)
+    aclose = getattr(watch, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+    ok_key, bad_key = await bucket.write([WriteOp("a", b"2"), WriteOp("a b", b"2")])
+    assert isinstance(ok_key, ConnectionClosed)
+    assert str(ok_key) == f"{name}/a: the store was closed; nothing more goes through it (use a new one)"
+    assert isinstance(bad_key, InvalidKey)
+    for call in (bucket.get("a"), bucket.load(), bucket.purge_deletes(), anext(bucket.watch(0))):
+        with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+            await asyncio.wait_for(call, 5)
+    later = bucket.watch(0)
+    if isinstance(later, NatsWatch):
+        with pytest.raises(ConnectionClosed):
+            await later.__aenter__()
+    for store_call in (any_store.open_bucket(name, BucketConfig()), any_store.delete_bucket(name)):
+        with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+            await store_call
+    with pytest.raises(ConnectionClosed, match=r"^the store was closed"):
+        await any_store.list_buckets()
+    assert len(nats_client._subs) <= subs - (1 if any_store is store else 0)  # the ack inbox went
+    assert asyncio.all_tasks() <= tasks  # no watch monitor (or anything else) started since
+    if isinstance(bucket, NatsBucket):
+        assert (bucket._ack_sub, bucket._watches) == (None, set())
+        assert await NatsKVStore(nats_client, namespace=brainless_namespace).delete_bucket(name)
+
+
+async def test_a_write_and_a_watch_racing_with_close_leave_nothing_behind(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write subscribing its ack inbox and a watch starting its consumer while close() runs: both
+    end with ConnectionClosed, and neither subscription nor the watch's monitor task outlives the
+    close (each used to be set up after close() had looked for it)."""
+    bucket = await store.open_bucket(f"{brainless_namespace}-race-close", BucketConfig())
+    await bucket.write([WriteOp("a", b"1")])
+    await bucket.close()  # the ack inbox goes: the next write subscribes it again
+    bucket = await store.open_bucket(f"{brainless_namespace}-race-close", BucketConfig())
+    subs = len(nats_client._subs)
+    tasks = asyncio.all_tasks()
+    subscribing = asyncio.Event()
+    subscribe = nats_client.subscribe
+
+    async def slow_subscribe(*args: Any, **kwargs: Any) -> Any:
+        subscribing.set()
+        await asyncio.sleep(0.2)  # close() runs meanwhile
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(nats_client, "subscribe", slow_subscribe)
+    write = asyncio.ensure_future(bucket.write([WriteOp("a", b"2")]))
+    watch = bucket.watch(0)
+    first = asyncio.ensure_future(anext(watch))
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await store.close()
+    (result,) = await asyncio.wait_for(write, 5)
+    assert isinstance(result, ConnectionClosed), result
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(first, 5)
+    await watch.aclose()
+    monkeypatch.undo()
+    assert len(nats_client._subs) == subs
+    assert asyncio.all_tasks() <= tasks | {asyncio.current_task()}
+    assert (bucket._ack_sub, bucket._watches) == (None, set())
+    assert await NatsKVStore(nats_client, namespace=brainless_namespace).delete_bucket(bucket.name)
