@@ -1470,9 +1470,8 @@ _NO_RESPONDERS = _NoResponders("no responders")
 
 
 def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
-    """The JetStream stream config of a KV bucket, as nats.go and nats-py create it (with direct gets)."""
-    if config.storage not in ("file", "memory"):
-        raise ValueError(f"bucket storage must be 'file' or 'memory', not {config.storage!r}")
+    """The JetStream stream config of a KV bucket, as nats.go and nats-py create it (with direct gets).
+    ``config`` checked its values when it was made (``BucketConfig``)."""
     dup = _DUPLICATE_WINDOW_NS
     max_age = 0
     if config.ttl:
@@ -1560,7 +1559,13 @@ class NatsKVStore:
                 info = await _api(self._nc, f"$JS.API.STREAM.CREATE.{stream}", wanted, self._timeout)
             except _ApiError as e2:
                 if e2.err_code != _ERR_STREAM_NAME_IN_USE:
-                    raise
+                    # Settings this server refuses, such as replicas > 1 on a single server.
+                    raise StoreError(
+                        f"bucket {name!r}: the server refused to create it with history={config.history}, "
+                        f"replicas={config.replicas}, storage={config.storage!r}, "
+                        f"max_value_size={config.max_value_size}, ttl={config.ttl}: {e2.description} "
+                        f"(err_code {e2.err_code})"
+                    ) from e2
                 # Someone else created it between our INFO and CREATE: use theirs.
                 info = await _api(self._nc, f"$JS.API.STREAM.INFO.{stream}", None, self._timeout)
         have = cast("dict[str, Any]", info.get("config", {}))

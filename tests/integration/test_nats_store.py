@@ -447,6 +447,23 @@ async def test_bucket_without_direct_get_still_works(
     assert await bucket.get("never") is None
 
 
+async def test_settings_a_single_server_refuses_are_named(
+    store: NatsKVStore, brainless_namespace: str
+) -> None:
+    """replicas > 1 on one nats-server: the server refuses to create the bucket, and the error
+    names the bucket and its settings (it was the raw API error of the stream). A MemoryStore takes
+    it and keeps one copy (tests/unit/test_memory_store.py)."""
+    name = f"{brainless_namespace}-r3"
+    with pytest.raises(StoreError) as refused:
+        await store.open_bucket(name, BucketConfig(replicas=3))
+    assert str(refused.value) == (
+        f"bucket {name!r}: the server refused to create it with history=1, replicas=3, "
+        "storage='file', max_value_size=None, ttl=None: replicas > 1 not supported in non-clustered "
+        "mode (err_code 10074)"
+    )
+    assert name not in await store.list_buckets()
+
+
 def test_server_marker_headers_map_to_operations() -> None:
     from brainless_odm.store.nats import _entry_kind
 
