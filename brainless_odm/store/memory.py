@@ -107,12 +107,17 @@ class MemoryBucket:
         for entry in replay:
             queue.put_nowait(entry)
         self._watchers.add(queue)
+        last = after
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, StoreError):  # deleted (as a NATS watch whose stream is gone) or closed
                     raise item
-                yield item
+                # Live entries too are only those after ``after`` (a watch started ahead of the
+                # bucket, as after it was created again): a NATS consumer starts at after + 1.
+                if item.revision > last:
+                    last = item.revision
+                    yield item
         finally:
             self._watchers.discard(queue)
 

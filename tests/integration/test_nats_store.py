@@ -898,3 +898,25 @@ async def test_a_write_and_a_watch_racing_with_close_leave_nothing_behind(
     assert asyncio.all_tasks() <= tasks | {asyncio.current_task()}
     assert (bucket._ack_sub, bucket._watches) == (None, set())
     assert await NatsKVStore(nats_client, namespace=brainless_namespace).delete_bucket(bucket.name)
+
+
+async def test_a_watch_ahead_of_the_bucket_starts_after_its_revision(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """watch(after) yields nothing at or below ``after``, also when the bucket has not reached it
+    yet (as after it was created again under a running node): a NATS consumer starts at
+    after + 1, memory passed every live entry on."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ahead", BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1")]) == [1]
+    watch = bucket.watch(5)
+    try:
+        pending = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.3)  # the watch is running
+        assert await bucket.write([WriteOp(f"k{i}", b"1") for i in range(2, 10)]) == list(range(2, 10))
+        got = [await asyncio.wait_for(pending, 5)]
+        got += [await asyncio.wait_for(anext(watch), 5) for _ in range(3)]
+        assert [(e.key, e.revision) for e in got] == [("k6", 6), ("k7", 7), ("k8", 8), ("k9", 9)]
+    finally:
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
