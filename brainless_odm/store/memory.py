@@ -129,13 +129,14 @@ class MemoryBucket:
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
         self._revision += 1
         entry = Entry(key=key, value=value, revision=self._revision, operation=op, reason=reason)
-        if self._keep:
-            prev = self._latest.get(key)
-            if prev is not None:
-                older = self._older.get(key)
-                if older is None:
-                    older = self._older[key] = deque(maxlen=self._keep)
-                older.append(prev)
+        # Popped and inserted again, not overwritten in place: ``_latest`` stays in revision order,
+        # which is the order a NATS load delivers keys in (and so of a loaded database's documents).
+        prev = self._latest.pop(key, None)
+        if self._keep and prev is not None:
+            older = self._older.get(key)
+            if older is None:
+                older = self._older[key] = deque(maxlen=self._keep)
+            older.append(prev)
         self._latest[key] = entry
         for q in self._watchers:
             q.put_nowait(entry)

@@ -920,3 +920,16 @@ async def test_a_watch_ahead_of_the_bucket_starts_after_its_revision(
         aclose = getattr(watch, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def test_load_lists_keys_in_revision_order(any_store: KVStore, brainless_namespace: str) -> None:
+    """A snapshot lists each key's latest entry in revision order on both stores (a database
+    loads its documents in that order, so ``all()`` without ``order_by`` is the same on both);
+    memory listed keys in the order they were first written."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-order", BucketConfig(history=3))
+    await bucket.write(
+        [WriteOp("a", b"1"), WriteOp("b", b"1"), WriteOp("c", b"1"), WriteOp("a", b"2"), WriteOp("b", None)]
+    )
+    await bucket.write([WriteOp("d", b"1"), WriteOp("b", b"3"), WriteOp("c", None)])
+    snap = await bucket.load()
+    assert [(e.key, e.revision) for e in snap.entries] == [("a", 4), ("d", 6), ("b", 7)]
