@@ -258,8 +258,7 @@ class MemoryBucket:
         return self._append(key, value, Operation.PUT)
 
     async def purge_deletes(self) -> None:
-        if self.closed:
-            raise store_closed(self._name)
+        self._check()  # a deleted bucket is BucketNotFound here too, as on NATS
         for key, entry in list(self._latest.items()):
             if entry.operation is not Operation.PUT:
                 del self._latest[key]
