@@ -246,8 +246,9 @@ class KVStore(Protocol):
         ...
 
     async def delete_bucket(self, name: str) -> bool:
-        """Delete ``name`` and its data; ``False`` if it did not exist. Open handles of it fail with
-        ``BucketNotFound`` until the bucket is opened again (then they address the new one)."""
+        """Delete ``name`` and its data; ``False`` if it did not exist, ``InvalidKey`` if no bucket
+        can have that name. Open handles of it fail with ``BucketNotFound`` until the bucket is
+        opened again (then they address the new one)."""
         ...
 
     async def list_buckets(self) -> list[str]:

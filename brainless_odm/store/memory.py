@@ -306,6 +306,7 @@ class MemoryStore:
         return self._buckets[name]
 
     async def delete_bucket(self, name: str) -> bool:
+        check_bucket_name(name)  # as on NATS, where the name goes into a subject
         if self._closed:
             raise store_closed(name)
         bucket = self._buckets.get(name)

@@ -1588,7 +1588,9 @@ class NatsKVStore:
         return bucket
 
     async def delete_bucket(self, name: str) -> bool:
-        """Delete bucket ``name`` and all its data. ``False`` if it did not exist."""
+        """Delete bucket ``name`` and all its data. ``False`` if it did not exist; ``InvalidKey``
+        for a name no bucket can have (it would be sent in a subject)."""
+        check_bucket_name(name)
         if self._closed:
             raise store_closed(name)
         try:
