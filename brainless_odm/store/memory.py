@@ -8,6 +8,7 @@ several nodes — they see each other's changes through the watch, conflicts and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,11 @@ from .base import (
 )
 
 __all__ = ["MemoryBucket", "MemoryStore"]
+
+log = logging.getLogger(__name__)
+
+#: The settings a NATS store compares when it opens an existing bucket (see ``_COMPARED`` there).
+_COMPARED = ("history", "max_value_size", "storage", "replicas", "ttl")
 
 #: NATS' default max payload less the room for our headers: what a NATS bucket takes by default.
 DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
@@ -299,6 +305,17 @@ class MemoryStore:
             # Created again. A NATS bucket handle addresses the bucket by name, so the handles of
             # the deleted one (a running database's) read and write the new one: same object.
             bucket._reset(config)
+        else:
+            have = bucket.config
+            diffs = [
+                f"{k}={getattr(have, k)!r} (wanted {getattr(config, k)!r})"
+                for k in _COMPARED
+                if getattr(have, k) != getattr(config, k)
+            ]
+            if diffs:  # as the NATS store reports it: the bucket is not changed
+                log.warning(
+                    "bucket %s exists with different settings, using it as it is: %s", name, ", ".join(diffs)
+                )
         return bucket
 
     def bucket(self, name: str) -> MemoryBucket:

@@ -941,3 +941,23 @@ async def test_load_lists_keys_in_revision_order(any_store: KVStore, brainless_n
     await bucket.write([WriteOp("d", b"1"), WriteOp("b", b"3"), WriteOp("c", None)])
     snap = await bucket.load()
     assert [(e.key, e.revision) for e in snap.entries] == [("a", 4), ("d", 6), ("b", 7)]
+
+
+async def test_reopening_with_other_settings_warns_and_keeps_the_bucket(
+    any_store: KVStore,
+    store: NatsKVStore,
+    nats_client: Client,
+    brainless_namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another node opening a bucket with other settings (a new version of a class) uses it as it
+    is, and both stores say so in a warning; memory kept the bucket silently."""
+    other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
+    name = f"{brainless_namespace}-settings"
+    await any_store.open_bucket(name, BucketConfig(ttl=5.0))
+    await other.open_bucket(name, BucketConfig(ttl=5.0))
+    assert "different settings" not in caplog.text
+    again = await other.open_bucket(name, BucketConfig(history=5, ttl=5.0))
+    assert f"bucket {name} exists with different settings, using it as it is: " in caplog.text
+    assert await again.write([WriteOp("a", b"1"), WriteOp("a", b"2")]) == [1, 2]
+    assert [r for _k, r, _op in await _replay(again, 0)] == [2]  # still history=1
