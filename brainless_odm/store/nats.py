@@ -757,8 +757,8 @@ class _WatchState:
             raise
         if self._closed:
             # Closed while the consumer started (the bucket's close(), or our owner's aclose()),
-            # which stopped it: no monitor to start.
-            self._raise_closed()
+            # which stopped it: no monitor to start. __anext__ says why.
+            return
         self._monitor = asyncio.get_running_loop().create_task(self._run_monitor())
 
     def _raise_closed(self) -> NoReturn:
@@ -1323,6 +1323,10 @@ class NatsBucket:
                 timer.cancel()
                 rnd.waiter = None
 
+    def _closed_result(self, op: WriteOp) -> StoreError:
+        """A write's result after close(): what is wrong with the op itself first, as before it."""
+        return check_op(self._name, op, self.max_value_size) or store_closed(self._name, op.key)
+
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Publish ``ops`` pipelined (up to ``max_inflight`` unacknowledged), one result per op.
 
@@ -1419,10 +1423,6 @@ class NatsBucket:
         return [r if r is not None else StoreError("write result missing") for r in results]
 
     # -- housekeeping -------------------------------------------------------------------------
-
-    def _closed_result(self, op: WriteOp) -> StoreError:
-        """A write's result after close(): what is wrong with the op itself first, as before it."""
-        return check_op(self._name, op, self.max_value_size) or store_closed(self._name, op.key)
 
     async def purge_deletes(self, older_than: float = 30 * 60) -> None:
         """Remove delete/purge markers older than ``older_than`` seconds, and what they hide.

@@ -961,3 +961,30 @@ async def test_reopening_with_other_settings_warns_and_keeps_the_bucket(
     assert f"bucket {name} exists with different settings, using it as it is: " in caplog.text
     assert await again.write([WriteOp("a", b"1"), WriteOp("a", b"2")]) == [1, 2]
     assert [r for _k, r, _op in await _replay(again, 0)] == [2]  # still history=1
+
+
+async def test_a_watch_its_owner_closes_while_it_starts_just_ends(
+    bucket: NatsBucket, nats_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose() while ``async with`` starts the watch: the start ends quietly, iterating ends, and
+    the consumer's subscription is gone (the start must not raise StopAsyncIteration at the owner)."""
+    subs = len(nats_client._subs)
+    subscribing = asyncio.Event()
+    subscribe = nats_client.subscribe
+
+    async def slow_subscribe(*args: Any, **kwargs: Any) -> Any:
+        subscribing.set()
+        await asyncio.sleep(0.2)
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(nats_client, "subscribe", slow_subscribe)
+    watch = bucket.watch(0)
+    entering = asyncio.ensure_future(watch.__aenter__())
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await watch.aclose()
+    assert await asyncio.wait_for(entering, 5) is watch
+    with pytest.raises(StopAsyncIteration):
+        await anext(watch)
+    monkeypatch.undo()
+    assert len(nats_client._subs) == subs
+    assert bucket._watches == set()
