@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict
 
 from .exceptions import DefinitionError
-from .store.base import BucketConfig
+from .store.base import BucketConfig, bucket_setting_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -30,11 +30,17 @@ class DocumentConfig(ConfigDict, total=False):
 
     - ``collection``: the collection name (default: the class name in snake_case).
     - ``bucket_history``: revisions kept per key in the bucket (1-64, default 1).
-    - ``bucket_replicas``: JetStream replicas of the bucket (1-5, default 1).
-    - ``bucket_storage``: ``"file"`` (default) or ``"memory"``.
+    - ``bucket_replicas``: JetStream replicas of the bucket (1-5, default 1; a single nats-server
+      refuses more than 1; a ``MemoryStore`` accepts any and keeps one copy).
+    - ``bucket_storage``: ``"file"`` (default) or ``"memory"`` (a ``MemoryStore`` keeps everything in
+      memory either way).
     - ``bucket_max_value_size``: the largest stored document in bytes (default: the server's limit).
-    - ``bucket_ttl``: seconds after which an entry not rewritten expires (default: never).
+    - ``bucket_ttl``: seconds (at least 0.1) after which an entry not rewritten expires (default: never).
     - ``registry``: the :class:`~brainless_odm.Registry` the class registers in (default: the global one).
+
+    The ``bucket_*`` options are checked as ``BucketConfig`` checks its fields (one definition,
+    :func:`~brainless_odm.store.base.bucket_setting_problem`): a value NATS would refuse fails when
+    the class is created, whatever the store.
     """
 
     collection: str
@@ -47,6 +53,14 @@ class DocumentConfig(ConfigDict, total=False):
 
 
 _ODM_KEYS = frozenset(DocumentConfig.__annotations__) - frozenset(ConfigDict.__annotations__)
+#: ``model_config`` key -> the ``BucketConfig`` field it sets.
+_BUCKET_OPTIONS = {
+    "bucket_history": "history",
+    "bucket_replicas": "replicas",
+    "bucket_storage": "storage",
+    "bucket_max_value_size": "max_value_size",
+    "bucket_ttl": "ttl",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +76,6 @@ def snake_case(name: str) -> str:
     s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
     s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
     return s.lower()
-
-
-def _int(cls_name: str, key: str, value: Any, lo: int, hi: int | None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise DefinitionError(f"{cls_name}: model_config[{key!r}] must be an int in {bound}, got {value!r}")
-    return value
 
 
 def collection_options(cls_name: str, config: dict[str, Any], own: dict[str, Any]) -> CollectionOptions:
@@ -93,25 +100,16 @@ def collection_options(cls_name: str, config: dict[str, Any], own: dict[str, Any
             f"{cls_name}: collection names starting with '_' are reserved for brainless_odm's own "
             f"buckets (such as the dead letters); got {collection!r}"
         )
-    history = _int(cls_name, "bucket_history", config.get("bucket_history", 1), 1, 64)
-    replicas = _int(cls_name, "bucket_replicas", config.get("bucket_replicas", 1), 1, 5)
-    storage = config.get("bucket_storage", "file")
-    if storage not in ("file", "memory"):
-        raise DefinitionError(f"{cls_name}: bucket_storage must be 'file' or 'memory', got {storage!r}")
-    max_size = config.get("bucket_max_value_size")
-    if max_size is not None:
-        _int(cls_name, "bucket_max_value_size", max_size, 1, None)
-    ttl = config.get("bucket_ttl")
-    if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0):
-        raise DefinitionError(f"{cls_name}: bucket_ttl must be a positive number of seconds, got {ttl!r}")
-    return CollectionOptions(
-        collection=collection,
-        bucket=BucketConfig(
-            history=history,
-            replicas=replicas,
-            max_value_size=max_size,
-            storage=storage,
-            ttl=float(ttl) if ttl is not None else None,
-            description=f"brainless_odm collection {collection}",
-        ),
-    )
+    settings: dict[str, Any] = {}
+    for key, name in _BUCKET_OPTIONS.items():
+        if key in config:
+            value = config[key]
+            problem = bucket_setting_problem(name, value)
+            if problem is not None:
+                raise DefinitionError(f"{cls_name}: model_config[{key!r}] must be {problem}, got {value!r}")
+            settings[name] = float(value) if name == "ttl" and value is not None else value
+    try:
+        bucket = BucketConfig(**settings, description=f"brainless_odm collection {collection}")
+    except ValueError as e:  # the description, for a collection name of thousands of characters
+        raise DefinitionError(f"{cls_name}: {e}") from None
+    return CollectionOptions(collection=collection, bucket=bucket)

@@ -13,7 +13,7 @@
     ├── FlushError               some documents could not be written; .failures says which and why
     └── StoreError               the storage backend failed (driver errors chained as __cause__)
         ├── ConnectionLost       the server is unreachable now (transient, retried by the engine)
-        ├── ConnectionClosed     the client connection was closed by its owner (not retried)
+        ├── ConnectionClosed     the client connection or the store is closed for good (not retried)
         ├── BucketNotFound       a collection's bucket is gone (deleted by an operator?)
         ├── PayloadTooLarge      a document encodes to more bytes than the server accepts
         └── InvalidKey           a key that the store cannot hold
@@ -111,7 +111,8 @@ class ConnectionLost(StoreError):
 
 class ConnectionClosed(StoreError):
     """The NATS connection is closed for good (by its owner, or by nats-py when its reconnect
-    attempts ran out); nothing more can be written through it."""
+    attempts ran out), or the store was (``await store.close()``); nothing more can be written
+    through it."""
 
 
 class BucketNotFound(StoreError):

@@ -36,10 +36,10 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, fields
+from typing import Protocol, TypeGuard, runtime_checkable
 
-from ..exceptions import InvalidKey, PayloadTooLarge, StoreError
+from ..exceptions import BucketNotFound, ConnectionClosed, InvalidKey, PayloadTooLarge, StoreError
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -47,8 +47,14 @@ __all__ = [
     "HEADER_ROOM",
     "KEY_PATTERN",
     "MAX_BUCKET_NAME",
+    "MAX_DESCRIPTION",
+    "MAX_HISTORY",
     "MAX_KEY",
     "MAX_MSG_ID",
+    "MAX_REPLICAS",
+    "MAX_TTL",
+    "MAX_VALUE_SIZE",
+    "MIN_TTL",
     "Bucket",
     "BucketConfig",
     "Conflict",
@@ -58,10 +64,13 @@ __all__ = [
     "Snapshot",
     "WriteOp",
     "WriteResult",
+    "bucket_not_found",
+    "bucket_setting_problem",
     "check_bucket_name",
     "check_key",
     "check_op",
     "duplicate_window",
+    "store_closed",
     "valid_key",
 ]
 
@@ -82,6 +91,21 @@ MAX_BUCKET_NAME = 252
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 #: Seconds a ``msg_id`` is remembered (JetStream KV's default duplicate window).
 DUPLICATE_WINDOW = 120.0
+
+# What a bucket's settings may be: what nats-server (2.11+) and the NATS KV clients accept.
+#: Revisions kept per key: NATS KV clients refuse more (the server would take more).
+MAX_HISTORY = 64
+#: Copies of a bucket: nats-server refuses more ("maximum replicas is 5"). One server (not a
+#: cluster) takes only 1; a ``MemoryStore`` accepts any of them and keeps one copy.
+MAX_REPLICAS = 5
+#: The shortest ``ttl`` (seconds): nats-server's shortest ``max_age`` ("needs to be >= 100ms").
+MIN_TTL = 0.1
+#: The longest ``ttl`` (seconds): ``max_age`` is a duration in int64 nanoseconds.
+MAX_TTL = (2**63 - 1) / 1e9
+#: The largest ``max_value_size``: the stream's ``max_msg_size`` (this + ``HEADER_ROOM``) is an int32.
+MAX_VALUE_SIZE = 2**31 - 1 - HEADER_ROOM
+#: The longest ``description``, in UTF-8 bytes (nats-server: "maximum allowed is 4096").
+MAX_DESCRIPTION = 4096
 
 #: NATS KV keys: tokens of ``A-Z a-z 0-9 - / _ =`` separated by single dots.
 KEY_PATTERN = r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$"
@@ -150,7 +174,18 @@ WriteResult = int | Conflict | BaseException
 
 @dataclass(frozen=True, slots=True)
 class BucketConfig:
-    """Per-collection bucket options (``Document`` classes declare them in ``model_config``)."""
+    """Per-collection bucket options (``Document`` classes declare them in ``model_config``).
+
+    Checked when it is made, with :func:`bucket_setting_problem`: a value NATS would refuse (or
+    read differently: a ``history`` of 0 is unlimited there) is a ``ValueError`` here, before any
+    store sees it, the same for every store.
+
+    ``replicas`` and ``storage`` say how the server keeps the data, not what reads and writes do;
+    a ``MemoryStore`` accepts every valid value and keeps one copy in memory, so classes declared
+    for a cluster (``replicas=3``) run unchanged in memory. A single nats-server refuses
+    ``replicas`` above 1 when the bucket is created (a ``StoreError`` naming the bucket). ``extra``
+    (raw JetStream stream config fields) is for NATS only.
+    """
 
     history: int = 1
     replicas: int = 1
@@ -159,6 +194,13 @@ class BucketConfig:
     ttl: float | None = None  # seconds; None = keep forever
     description: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problem = bucket_setting_problem(f.name, value)
+            if problem is not None:
+                raise ValueError(f"bucket {f.name} must be {problem}, got {value!r}")
 
 
 @runtime_checkable
@@ -204,8 +246,9 @@ class KVStore(Protocol):
         ...
 
     async def delete_bucket(self, name: str) -> bool:
-        """Delete ``name`` and its data; ``False`` if it did not exist. Open handles of it fail with
-        ``BucketNotFound`` until the bucket is opened again (then they address the new one)."""
+        """Delete ``name`` and its data; ``False`` if it did not exist, ``InvalidKey`` if no bucket
+        can have that name. Open handles of it fail with ``BucketNotFound`` until the bucket is
+        opened again (then they address the new one)."""
         ...
 
     async def list_buckets(self) -> list[str]:
@@ -214,11 +257,45 @@ class KVStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release what the store opened (never the caller's NATS connection)."""
+        """Release what the store opened (never the caller's NATS connection). It is final: every
+        later call of the store and of the buckets it opened fails with ``ConnectionClosed``
+        (running watches end with it), and leaves nothing running behind."""
         ...
 
 
 # -- checks shared by every store ---------------------------------------------------------
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def bucket_setting_problem(name: str, value: object) -> str | None:
+    """What the ``BucketConfig`` field ``name`` must be, if ``value`` is not that; ``None`` if it is
+    fine. The one definition of valid bucket settings: ``BucketConfig`` checks its fields with it,
+    and ``DocumentConfig`` its ``bucket_*`` options."""
+    if name in ("history", "replicas"):
+        hi = MAX_HISTORY if name == "history" else MAX_REPLICAS
+        return None if _is_int(value) and 1 <= value <= hi else f"an int in 1..{hi}"
+    if name == "max_value_size":
+        if value is None or (_is_int(value) and 1 <= value <= MAX_VALUE_SIZE):
+            return None
+        return f"None or an int in 1..{MAX_VALUE_SIZE} (bytes)"
+    if name == "storage":
+        return None if isinstance(value, str) and value in ("file", "memory") else "'file' or 'memory'"
+    if name == "ttl":
+        if value is None or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and MIN_TTL <= value <= MAX_TTL
+        ):
+            return None
+        return f"None or a number of seconds, at least {MIN_TTL:g} (NATS' shortest max_age)"
+    if name == "description":
+        if value is None or (isinstance(value, str) and len(value.encode()) <= MAX_DESCRIPTION):
+            return None
+        return f"None or a str of at most {MAX_DESCRIPTION} bytes"
+    if name == "extra":
+        return None if isinstance(value, dict) else "a dict of JetStream stream config fields"
+    raise KeyError(name)
 
 
 def valid_key(key: str) -> bool:
@@ -249,6 +326,18 @@ def check_bucket_name(name: str) -> None:
             f"bucket name {name[:40]!r}... has {len(name)} characters; NATS allows at most "
             f"{MAX_BUCKET_NAME} (its stream is KV_<name>, and stream names have at most 255)"
         )
+
+
+def bucket_not_found(name: str) -> BucketNotFound:
+    """The error of every store for an operation on bucket ``name`` that does not exist (any more)."""
+    return BucketNotFound(f"bucket {name!r} does not exist: it was deleted (opening it again creates it)")
+
+
+def store_closed(bucket: str | None = None, key: str | None = None) -> ConnectionClosed:
+    """The error of every store for a call made after its ``close()``, on bucket ``bucket``
+    (and key ``key``)."""
+    what = "" if bucket is None else f"bucket {bucket!r}: " if key is None else f"{bucket}/{key}: "
+    return ConnectionClosed(f"{what}the store was closed; nothing more goes through it (use a new one)")
 
 
 def check_op(bucket: str, op: WriteOp, limit: int) -> StoreError | None:

@@ -8,11 +8,12 @@ several nodes — they see each other's changes through the watch, conflicts and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-from ..exceptions import BucketNotFound
+from ..exceptions import StoreError
 from .base import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_ROOM,
@@ -23,13 +24,20 @@ from .base import (
     Snapshot,
     WriteOp,
     WriteResult,
+    bucket_not_found,
     check_bucket_name,
     check_key,
     check_op,
     duplicate_window,
+    store_closed,
 )
 
 __all__ = ["MemoryBucket", "MemoryStore"]
+
+log = logging.getLogger(__name__)
+
+#: The settings a NATS store compares when it opens an existing bucket (see ``_COMPARED`` there).
+_COMPARED = ("history", "max_value_size", "storage", "replicas", "ttl")
 
 #: NATS' default max payload less the room for our headers: what a NATS bucket takes by default.
 DEFAULT_MAX_VALUE = DEFAULT_MAX_PAYLOAD - HEADER_ROOM
@@ -47,8 +55,11 @@ class MemoryBucket:
 
     def __init__(self, name: str, config: BucketConfig) -> None:
         self._name = name
-        self._watchers: set[asyncio.Queue[Entry | None]] = set()
+        # A watch's queue: entries, then the error that ends it (the bucket deleted, or closed).
+        self._watchers: set[asyncio.Queue[Entry | StoreError]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Its store was closed: every call fails with ``ConnectionClosed``, for good.
+        self.closed = False
         self._reset(config)
 
     def _reset(self, config: BucketConfig) -> None:
@@ -78,8 +89,10 @@ class MemoryBucket:
         return self._limit
 
     def _check(self) -> None:
+        if self.closed:
+            raise store_closed(self._name)
         if self.deleted:
-            raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+            raise bucket_not_found(self._name)
         if self._ttl is not None:
             self._expire(time.monotonic())
 
@@ -90,7 +103,7 @@ class MemoryBucket:
 
     async def watch(self, after: int) -> AsyncIterator[Entry]:
         self._check()
-        queue: asyncio.Queue[Entry | None] = asyncio.Queue()
+        queue: asyncio.Queue[Entry | StoreError] = asyncio.Queue()
         # Same tick as the registration below: nothing can be written in between. Every retained
         # revision, as a NATS consumer replays the stream (up to ``history`` per key).
         replay = [e for e in self._latest.values() if e.revision > after]
@@ -100,30 +113,36 @@ class MemoryBucket:
         for entry in replay:
             queue.put_nowait(entry)
         self._watchers.add(queue)
+        last = after
         try:
             while True:
                 item = await queue.get()
-                if item is None:  # as a NATS watch whose stream is gone
-                    raise BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
-                yield item
+                if isinstance(item, StoreError):  # deleted (as a NATS watch whose stream is gone) or closed
+                    raise item
+                # Live entries too are only those after ``after`` (a watch started ahead of the
+                # bucket, as after it was created again): a NATS consumer starts at after + 1.
+                if item.revision > last:
+                    last = item.revision
+                    yield item
         finally:
             self._watchers.discard(queue)
 
     async def get(self, key: str) -> Entry | None:
+        check_key(key)  # first, as on NATS (checked before anything is sent)
         self._check()
-        check_key(key)
         return self._latest.get(key)
 
     def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
         self._revision += 1
         entry = Entry(key=key, value=value, revision=self._revision, operation=op, reason=reason)
-        if self._keep:
-            prev = self._latest.get(key)
-            if prev is not None:
-                older = self._older.get(key)
-                if older is None:
-                    older = self._older[key] = deque(maxlen=self._keep)
-                older.append(prev)
+        # Popped and inserted again, not overwritten in place: ``_latest`` stays in revision order,
+        # which is the order a NATS load delivers keys in (and so of a loaded database's documents).
+        prev = self._latest.pop(key, None)
+        if self._keep and prev is not None:
+            older = self._older.get(key)
+            if older is None:
+                older = self._older[key] = deque(maxlen=self._keep)
+            older.append(prev)
         self._latest[key] = entry
         for q in self._watchers:
             q.put_nowait(entry)
@@ -155,7 +174,7 @@ class MemoryBucket:
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.deleted:
+        if self.deleted or self.closed:
             return
         now = time.monotonic()
         self._expire(now)
@@ -193,11 +212,14 @@ class MemoryBucket:
     # -- writes ---------------------------------------------------------------------------------
 
     def _write_one(self, op: WriteOp, now: float) -> WriteResult:
-        if self.deleted:
-            return BucketNotFound(f"bucket {self._name!r} does not exist (it was deleted)")
+        # What is wrong with the op itself first: NATS checks it before anything is sent.
         bad = check_op(self._name, op, self._limit)
         if bad is not None:
             return bad
+        if self.closed:
+            return store_closed(self._name, op.key)
+        if self.deleted:
+            return bucket_not_found(self._name)
         # The compare-and-set first, then the duplicate window: JetStream's order, so a retry whose
         # expected revision went stale is refused even if its first attempt landed.
         if op.expected_revision is not None:
@@ -221,7 +243,7 @@ class MemoryBucket:
 
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         now = time.monotonic()
-        if self._ttl is not None and not self.deleted:
+        if self._ttl is not None and not self.deleted and not self.closed:
             self._expire(now)
         results = [self._write_one(op, now) for op in ops]
         await asyncio.sleep(0)  # a write is a suspension point, as on the network
@@ -229,19 +251,20 @@ class MemoryBucket:
 
     async def purge(self, key: str) -> int:
         """Drop every revision of ``key`` and leave a purge marker (as ``kv.purge``)."""
-        self._check()
         check_key(key)
+        self._check()
         self._latest.pop(key, None)
         self._older.pop(key, None)
         return self._append(key, b"", Operation.PURGE)
 
     async def put_raw(self, key: str, value: bytes) -> int:
         """Store ``value`` as is, unconditionally (operators' and tests' back door)."""
-        self._check()
         check_key(key)
+        self._check()
         return self._append(key, value, Operation.PUT)
 
     async def purge_deletes(self) -> None:
+        self._check()  # a deleted bucket is BucketNotFound here too, as on NATS
         for key, entry in list(self._latest.items()):
             if entry.operation is not Operation.PUT:
                 del self._latest[key]
@@ -253,7 +276,15 @@ class MemoryBucket:
         self._reset(self.config)
         self.deleted = True
         for q in self._watchers:
-            q.put_nowait(None)
+            q.put_nowait(bucket_not_found(self._name))
+
+    def _close(self) -> None:
+        """Its store was closed: the data goes, watches end with ``ConnectionClosed``, and every
+        call fails with it, for good."""
+        self._reset(self.config)
+        self.closed = True
+        for q in self._watchers:
+            q.put_nowait(store_closed(self._name))
 
 
 class MemoryStore:
@@ -261,9 +292,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._buckets: dict[str, MemoryBucket] = {}
+        self._closed = False
 
     async def open_bucket(self, name: str, config: BucketConfig) -> MemoryBucket:
         check_bucket_name(name)
+        if self._closed:
+            raise store_closed(name)
         bucket = self._buckets.get(name)
         if bucket is None:
             bucket = self._buckets[name] = MemoryBucket(name, config)
@@ -271,6 +305,17 @@ class MemoryStore:
             # Created again. A NATS bucket handle addresses the bucket by name, so the handles of
             # the deleted one (a running database's) read and write the new one: same object.
             bucket._reset(config)
+        else:
+            have = bucket.config
+            diffs = [
+                f"{k}={getattr(have, k)!r} (wanted {getattr(config, k)!r})"
+                for k in _COMPARED
+                if getattr(have, k) != getattr(config, k)
+            ]
+            if diffs:  # as the NATS store reports it: the bucket is not changed
+                log.warning(
+                    "bucket %s exists with different settings, using it as it is: %s", name, ", ".join(diffs)
+                )
         return bucket
 
     def bucket(self, name: str) -> MemoryBucket:
@@ -278,6 +323,9 @@ class MemoryStore:
         return self._buckets[name]
 
     async def delete_bucket(self, name: str) -> bool:
+        check_bucket_name(name)  # as on NATS, where the name goes into a subject
+        if self._closed:
+            raise store_closed(name)
         bucket = self._buckets.get(name)
         if bucket is None or bucket.deleted:
             return False
@@ -286,7 +334,14 @@ class MemoryStore:
 
     async def list_buckets(self) -> list[str]:
         """Every bucket of this store (there are no namespaces here), sorted."""
+        if self._closed:
+            raise store_closed()
         return sorted(name for name, bucket in self._buckets.items() if not bucket.deleted)
 
     async def close(self) -> None:
-        """Nothing to release: the data lives as long as this object."""
+        """Drop the data and end every watch, as closing a NATS store ends its buckets: from now on
+        the store and its buckets fail every call with ``ConnectionClosed``. Databases sharing a
+        store do not close it; ``Database(None, ...)`` closes its own when it stops."""
+        self._closed = True
+        for bucket in self._buckets.values():
+            bucket._close()

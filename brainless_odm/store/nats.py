@@ -27,7 +27,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import nats
 import nats.aio.client
@@ -55,9 +55,11 @@ from brainless_odm.store.base import (
     Snapshot,
     WriteOp,
     WriteResult,
+    bucket_not_found,
     check_bucket_name,
     check_key,
     check_op,
+    store_closed,
 )
 
 __all__ = ["NatsBucket", "NatsKVStore", "NatsWatch", "connect", "refused_credentials"]
@@ -599,6 +601,10 @@ class _PushConsumer:
             )
         except _CONNECTION_ERRORS as e:
             raise _lost(f"watching bucket {self._bucket.name}", e) from e
+        if self.closed:
+            # stop() ran while we subscribed (the bucket closed): it found nothing to end.
+            await self.stop()
+            return
         self.last_activity = time.monotonic()
         self._bucket._wire.route(self.sub, self._route)
         try:
@@ -611,6 +617,8 @@ class _PushConsumer:
             raise
         self.name = str(info.get("name"))
         self.num_pending_at_start = int(info.get("num_pending", 0))
+        if self.closed and self.sub is None:
+            await self.stop()  # stopped while the server created it: delete it there too
 
     async def stop(self) -> None:
         """Unsubscribe and delete the consumer on the server (best effort, never raises)."""
@@ -719,6 +727,8 @@ class _WatchState:
         self._monitor: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
+        # Why it was closed, if not by its owner: raised once by the next __anext__.
+        self._close_error: StoreError | None = None
         self._held_flow: list[str] = []
         self._reconnects = 0
         self.sink: Callable[[Entry], None] | None = None
@@ -732,10 +742,30 @@ class _WatchState:
             await self._start()
 
     async def _start(self) -> None:
-        self._bucket._watches.add(self)
+        bucket = self._bucket
+        if bucket._closed:
+            raise store_closed(bucket.name)
+        bucket._watches.add(self)
         self._reconnects = self._nc.stats["reconnects"]
-        await self._new_consumer()
+        try:
+            await self._new_consumer()
+        except BaseException:
+            bucket._watches.discard(self)
+            c, self._consumer = self._consumer, None
+            if c is not None:
+                await c.stop()
+            raise
+        if self._closed:
+            # Closed while the consumer started (the bucket's close(), or our owner's aclose()),
+            # which stopped it: no monitor to start. __anext__ says why.
+            return
         self._monitor = asyncio.get_running_loop().create_task(self._run_monitor())
+
+    def _raise_closed(self) -> NoReturn:
+        err, self._close_error = self._close_error, None
+        if err is not None:
+            raise err
+        raise StopAsyncIteration
 
     async def _new_consumer(self) -> None:
         old, self._consumer = self._consumer, None
@@ -813,7 +843,7 @@ class _WatchState:
 
     async def __anext__(self) -> Entry:
         if self._closed:
-            raise StopAsyncIteration
+            self._raise_closed()
         if self._monitor is None:
             await self._start()
         while not self._queue:
@@ -822,7 +852,7 @@ class _WatchState:
                 await self.aclose()
                 raise err
             if self._closed:
-                raise StopAsyncIteration
+                self._raise_closed()
             self._ready.clear()
             await self._ready.wait()
         entry = self._queue.popleft()
@@ -833,10 +863,12 @@ class _WatchState:
                     await self._nc.publish(reply)
         return entry
 
-    async def aclose(self) -> None:
+    async def aclose(self, error: StoreError | None = None) -> None:
+        """Stop; ``error`` (the bucket closed) is then raised by the next ``__anext__``."""
         if self._closed:
             return
         self._closed = True
+        self._close_error = error
         self._ready.set()
         self._reset_needed.set()
         monitor, self._monitor = self._monitor, None
@@ -972,6 +1004,7 @@ class NatsBucket:
         self._wire = _Wire.of(nc)
         self._batch = False
         self._ack_lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -996,11 +1029,13 @@ class NatsBucket:
         return self._prefix + key
 
     async def _api(self, subject: str, payload: dict[str, Any] | None) -> dict[str, Any]:
+        if self._closed:
+            raise store_closed(self._name)
         try:
             return await _api(self._nc, subject, payload, self._timeout)
         except _ApiError as e:
             if e.err_code == _ERR_STREAM_NOT_FOUND:
-                raise BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})") from e
+                raise bucket_not_found(self._name) from e
             raise
 
     async def _stream_info(self) -> dict[str, Any]:
@@ -1113,6 +1148,8 @@ class NatsBucket:
     async def get(self, key: str) -> Entry | None:
         """The latest entry of ``key`` including delete/purge markers, or ``None`` if never written."""
         check_key(key)
+        if self._closed:
+            raise store_closed(self._name)
         subject = self._subject(key)
         if self._direct:
             if not self._nc.is_connected:
@@ -1152,13 +1189,21 @@ class NatsBucket:
 
     async def _ensure_ack_sub(self) -> None:
         async with self._ack_lock:
+            if self._closed:
+                raise store_closed(self._name)
             if self._ack_sub is not None:
                 return
             prefix = self._nc.new_inbox() + "."
             try:
-                self._ack_sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
+                sub = await self._nc.subscribe(prefix + "*", cb=self._on_ack)
             except _CONNECTION_ERRORS as e:
                 raise _lost(f"writing to bucket {self._name}", e) from e
+            if self._closed:
+                # close() ran while we subscribed: it found no subscription to end.
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                raise store_closed(self._name)
+            self._ack_sub = sub
             self._ack_prefix = prefix
             self._batch = self._wire.batch and self._wire.route(self._ack_sub, self._ack_route)
 
@@ -1202,7 +1247,7 @@ class NatsBucket:
                 limit=self.max_value_size,
             )
         if err_code == _ERR_STREAM_NOT_FOUND:
-            return BucketNotFound(f"bucket {self._name!r} does not exist (stream {self._stream})")
+            return bucket_not_found(self._name)
         return StoreError(f"{self._name}/{op.key}: {desc} (err_code {err_code})")
 
     def _command(self, op: WriteOp, token: int) -> bytes:
@@ -1278,6 +1323,10 @@ class NatsBucket:
                 timer.cancel()
                 rnd.waiter = None
 
+    def _closed_result(self, op: WriteOp) -> StoreError:
+        """A write's result after close(): what is wrong with the op itself first, as before it."""
+        return check_op(self._name, op, self.max_value_size) or store_closed(self._name, op.key)
+
     async def write(self, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """Publish ``ops`` pipelined (up to ``max_inflight`` unacknowledged), one result per op.
 
@@ -1289,10 +1338,12 @@ class NatsBucket:
         """
         if not ops:
             return []
-        if self._ack_sub is None:
+        if self._ack_sub is None or self._closed:
             try:
                 await self._ensure_ack_sub()
             except (ConnectionLost, ConnectionClosed) as e:
+                if self._closed:
+                    return [self._closed_result(op) for op in ops]
                 return [e] * len(ops)
         nc = self._nc
         loop = asyncio.get_running_loop()
@@ -1319,7 +1370,9 @@ class NatsBucket:
                 while i < n and len(tokens) < room:
                     op = ops[i]
                     bad = check_op(self._name, op, self.max_value_size)
-                    if bad is None and (not nc.is_connected or nc.is_draining_pubs):
+                    if bad is None and self._closed:
+                        bad = store_closed(self._name, op.key)
+                    elif bad is None and (not nc.is_connected or nc.is_draining_pubs):
                         # nats-py would buffer the publish until a reconnect and we would wait the
                         # full timeout for an ack; fail now, the engine retries (same msg_id).
                         bad = _disconnected(nc, f"{self._name}/{op.key}")
@@ -1386,9 +1439,12 @@ class NatsBucket:
             await self._api(f"$JS.API.STREAM.PURGE.{self._stream}", {"filter": subject, "seq": seq + 1})
 
     async def close(self) -> None:
-        """Stop this bucket's watches and its ack subscription."""
+        """Stop this bucket's watches (they end with ``ConnectionClosed``) and its ack subscription.
+        Final: every later call fails with ``ConnectionClosed`` and starts nothing (writes and
+        watches racing with this end so too, and leave no subscription or task behind)."""
+        self._closed = True
         for w in list(self._watches):
-            await w.aclose()
+            await w.aclose(store_closed(self._name))
         sub, self._ack_sub = self._ack_sub, None
         if sub is not None:
             self._wire.unroute(sub)
@@ -1396,8 +1452,13 @@ class NatsBucket:
                 await sub.unsubscribe()
         acks, self._acks = self._acks, {}
         for rnd, i in acks.values():
+            # Sent, so it may have been written; it will never be known here.
             rnd.settle(
-                i, _lost(f"{self._name}/{rnd.ops[i].key}: bucket closed before the ack", TimeoutError())
+                i,
+                ConnectionClosed(
+                    f"{self._name}/{rnd.ops[i].key}: the store was closed before the write's ack came "
+                    "(it may have been written)"
+                ),
             )
 
 
@@ -1409,9 +1470,8 @@ _NO_RESPONDERS = _NoResponders("no responders")
 
 
 def _stream_config(name: str, config: BucketConfig) -> dict[str, Any]:
-    """The JetStream stream config of a KV bucket, as nats.go and nats-py create it (with direct gets)."""
-    if config.storage not in ("file", "memory"):
-        raise ValueError(f"bucket storage must be 'file' or 'memory', not {config.storage!r}")
+    """The JetStream stream config of a KV bucket, as nats.go and nats-py create it (with direct gets).
+    ``config`` checked its values when it was made (``BucketConfig``)."""
     dup = _DUPLICATE_WINDOW_NS
     max_age = 0
     if config.ttl:
@@ -1477,6 +1537,7 @@ class NatsKVStore:
         self._max_inflight = max_inflight
         self._heartbeat = heartbeat
         self._buckets: list[NatsBucket] = []
+        self._closed = False
 
     async def open_bucket(self, name: str, config: BucketConfig) -> NatsBucket:
         """Open bucket ``name`` (already namespaced), creating it with ``config`` where missing.
@@ -1485,6 +1546,8 @@ class NatsKVStore:
         is logged (changing a bucket is an operator's decision, not a side effect of starting).
         """
         check_bucket_name(name)
+        if self._closed:
+            raise store_closed(name)
         wanted = _stream_config(name, config)
         stream = wanted["name"]
         try:
@@ -1496,7 +1559,13 @@ class NatsKVStore:
                 info = await _api(self._nc, f"$JS.API.STREAM.CREATE.{stream}", wanted, self._timeout)
             except _ApiError as e2:
                 if e2.err_code != _ERR_STREAM_NAME_IN_USE:
-                    raise
+                    # Settings this server refuses, such as replicas > 1 on a single server.
+                    raise StoreError(
+                        f"bucket {name!r}: the server refused to create it with history={config.history}, "
+                        f"replicas={config.replicas}, storage={config.storage!r}, "
+                        f"max_value_size={config.max_value_size}, ttl={config.ttl}: {e2.description} "
+                        f"(err_code {e2.err_code})"
+                    ) from e2
                 # Someone else created it between our INFO and CREATE: use theirs.
                 info = await _api(self._nc, f"$JS.API.STREAM.INFO.{stream}", None, self._timeout)
         have = cast("dict[str, Any]", info.get("config", {}))
@@ -1505,6 +1574,8 @@ class NatsKVStore:
             log.warning(
                 "bucket %s exists with different settings, using it as it is: %s", name, ", ".join(diffs)
             )
+        if self._closed:  # while we asked the server: close() would not end this bucket
+            raise store_closed(name)
         bucket = NatsBucket(
             self._nc,
             name,
@@ -1517,7 +1588,11 @@ class NatsKVStore:
         return bucket
 
     async def delete_bucket(self, name: str) -> bool:
-        """Delete bucket ``name`` and all its data. ``False`` if it did not exist."""
+        """Delete bucket ``name`` and all its data. ``False`` if it did not exist; ``InvalidKey``
+        for a name no bucket can have (it would be sent in a subject)."""
+        check_bucket_name(name)
+        if self._closed:
+            raise store_closed(name)
         try:
             await _api(self._nc, f"$JS.API.STREAM.DELETE.KV_{name}", None, self._timeout)
         except _ApiError as e:
@@ -1528,6 +1603,8 @@ class NatsKVStore:
 
     async def list_buckets(self) -> list[str]:
         """Names of the buckets of this namespace (``{namespace}-*``), sorted."""
+        if self._closed:
+            raise store_closed()
         prefix = f"KV_{self.namespace}-"
         names: list[str] = []
         offset = 0
@@ -1542,7 +1619,9 @@ class NatsKVStore:
         return sorted(names)
 
     async def close(self) -> None:
-        """Stop every watch and ack subscription this store opened. The connection stays open."""
+        """Stop every watch and ack subscription this store opened. The connection stays open.
+        Final: the store and its buckets fail every later call with ``ConnectionClosed``."""
+        self._closed = True
         buckets, self._buckets = self._buckets, []
         for b in buckets:
             await b.close()

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
-from brainless_odm.exceptions import BucketNotFound, ConnectionLost, InvalidKey, PayloadTooLarge, StoreError
+from brainless_odm.exceptions import (
+    BucketNotFound,
+    ConnectionClosed,
+    ConnectionLost,
+    InvalidKey,
+    PayloadTooLarge,
+    StoreError,
+)
 from brainless_odm.store.base import (
     HEADER_ROOM,
     MAX_MSG_ID,
@@ -25,7 +34,7 @@ from brainless_odm.store.base import (
     WriteOp,
 )
 from brainless_odm.store.memory import MemoryBucket, MemoryStore
-from brainless_odm.store.nats import NatsBucket, NatsKVStore, connect, refused_credentials
+from brainless_odm.store.nats import NatsBucket, NatsKVStore, NatsWatch, connect, refused_credentials
 from brainless_odm.testing import NatsServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -438,6 +447,23 @@ async def test_bucket_without_direct_get_still_works(
     assert await bucket.get("never") is None
 
 
+async def test_settings_a_single_server_refuses_are_named(
+    store: NatsKVStore, brainless_namespace: str
+) -> None:
+    """replicas > 1 on one nats-server: the server refuses to create the bucket, and the error
+    names the bucket and its settings (it was the raw API error of the stream). A MemoryStore takes
+    it and keeps one copy (tests/unit/test_memory_store.py)."""
+    name = f"{brainless_namespace}-r3"
+    with pytest.raises(StoreError) as refused:
+        await store.open_bucket(name, BucketConfig(replicas=3))
+    assert str(refused.value) == (
+        f"bucket {name!r}: the server refused to create it with history=1, replicas=3, "
+        "storage='file', max_value_size=None, ttl=None: replicas > 1 not supported in non-clustered "
+        "mode (err_code 10074)"
+    )
+    assert name not in await store.list_buckets()
+
+
 def test_server_marker_headers_map_to_operations() -> None:
     from brainless_odm.store.nats import _entry_kind
 
@@ -498,9 +524,15 @@ async def test_keys_are_checked_alike(any_store: KVStore, brainless_namespace: s
 
 
 async def test_bucket_names_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
-    for name in (f"{brainless_namespace}-a.b", f"{brainless_namespace}-a b", "", "é"):
+    for name in (f"{brainless_namespace}-a.b", f"{brainless_namespace}-a b", "", "é", "a>"):
         with pytest.raises(InvalidKey, match="not a valid NATS KV bucket name"):
             await any_store.open_bucket(name, BucketConfig())
+        # Deleting one too: NATS put it in a request subject (nats-py's BadSubjectError for a
+        # space, a ConnectionLost after the timeout for a dot, False for others); memory said False.
+        with pytest.raises(InvalidKey, match="not a valid NATS KV bucket name"):
+            await asyncio.wait_for(any_store.delete_bucket(name), 1)
+    with pytest.raises(InvalidKey, match="NATS allows at most 252"):
+        await any_store.delete_bucket("b" * 253)
 
 
 async def test_msg_ids_are_checked_alike(any_store: KVStore, brainless_namespace: str) -> None:
@@ -688,10 +720,12 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
 ) -> None:
     """A bucket handle addresses its bucket by name: deleted, it fails with BucketNotFound (its
-    watch too, where memory ended it quietly); created again (by anyone), the old handle reads and
-    writes the new bucket, whose revisions start again. Memory's old handle stayed dead."""
+    watch too, where memory ended it quietly), whose message is the same on both stores;
+    created again (by anyone), the old handle reads and writes the new bucket, whose revisions
+    start again. Memory's old handle stayed dead."""
     other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
     name = f"{brainless_namespace}-again"
+    gone_message = f"bucket {name!r} does not exist: it was deleted (opening it again creates it)"
     bucket = await any_store.open_bucket(name, BucketConfig())
     assert await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"1")]) == [1, 2]
     watch = bucket.watch(2)
@@ -699,17 +733,26 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     await asyncio.sleep(0.3)  # the watch is running
     assert await other.delete_bucket(name) is True
     assert await other.delete_bucket(name) is False
-    with pytest.raises(BucketNotFound):
+    with pytest.raises(BucketNotFound) as ended:
         await asyncio.wait_for(pending, 5)
+    assert str(ended.value) == gone_message
     aclose = getattr(watch, "aclose", None)
     if aclose is not None:
         await aclose()
-    (gone,) = await bucket.write([WriteOp("a", b"2")])
+    gone, bad = await bucket.write([WriteOp("a", b"2"), WriteOp("a b", b"2")])
     assert isinstance(gone, BucketNotFound)
-    with pytest.raises(BucketNotFound):
+    assert str(gone) == gone_message
+    assert isinstance(bad, InvalidKey)  # what is wrong with the op itself comes first (memory: not)
+    with pytest.raises(InvalidKey):
+        await bucket.get("a b")
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await bucket.get("a")
-    with pytest.raises(BucketNotFound):
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await bucket.load()
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
+        await anext(bucket.watch(0))
+    with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
+        await bucket.purge_deletes()  # memory: did nothing, quietly
     assert name not in await any_store.list_buckets()
 
     fresh = await other.open_bucket(name, BucketConfig(history=2))
@@ -779,3 +822,169 @@ async def test_ttl_markers_come_on_time_with_nobody_reading(
         aclose = getattr(watch, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def test_a_closed_store_fails_every_call_and_leaves_nothing_running(
+    any_store: KVStore, store: NatsKVStore, nats_client: Client, brainless_namespace: str
+) -> None:
+    """close() is final on both stores: a running watch ends with ConnectionClosed, and every later
+    call of the store or its buckets fails with it (a bad key is still named as such) without
+    subscribing or starting anything again. NATS re-subscribed its ack inbox for a write after
+    close() and started a consumer and a monitor task for a watch; memory went on as if open."""
+    name = f"{brainless_namespace}-closing"
+    bucket = await any_store.open_bucket(name, BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1")]) == [1]
+    subs = len(nats_client._subs)
+    watch = bucket.watch(0)
+    assert (await asyncio.wait_for(anext(watch), 5)).key == "a"
+    pending = asyncio.ensure_future(anext(watch))
+    tasks = asyncio.all_tasks()
+    await any_store.close()
+    closed = f"bucket {name!r}: the store was closed; nothing more goes through it (use a new one)"
+    with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+        await asyncio.wait_for(pending, 5)
+    aclose = getattr(watch, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+    ok_key, bad_key = await bucket.write([WriteOp("a", b"2"), WriteOp("a b", b"2")])
+    assert isinstance(ok_key, ConnectionClosed)
+    assert str(ok_key) == f"{name}/a: the store was closed; nothing more goes through it (use a new one)"
+    assert isinstance(bad_key, InvalidKey)
+    for call in (bucket.get("a"), bucket.load(), bucket.purge_deletes(), anext(bucket.watch(0))):
+        with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+            await asyncio.wait_for(call, 5)
+    later = bucket.watch(0)
+    if isinstance(later, NatsWatch):
+        with pytest.raises(ConnectionClosed):
+            await later.__aenter__()
+    for store_call in (any_store.open_bucket(name, BucketConfig()), any_store.delete_bucket(name)):
+        with pytest.raises(ConnectionClosed, match=f"^{re.escape(closed)}$"):
+            await store_call
+    with pytest.raises(ConnectionClosed, match=r"^the store was closed"):
+        await any_store.list_buckets()
+    assert len(nats_client._subs) <= subs - (1 if any_store is store else 0)  # the ack inbox went
+    assert asyncio.all_tasks() <= tasks  # no watch monitor (or anything else) started since
+    if isinstance(bucket, NatsBucket):
+        assert (bucket._ack_sub, bucket._watches) == (None, set())
+        assert await NatsKVStore(nats_client, namespace=brainless_namespace).delete_bucket(name)
+
+
+async def test_a_write_and_a_watch_racing_with_close_leave_nothing_behind(
+    store: NatsKVStore, nats_client: Client, brainless_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write subscribing its ack inbox and a watch starting its consumer while close() runs: both
+    end with ConnectionClosed, and neither subscription nor the watch's monitor task outlives the
+    close (each used to be set up after close() had looked for it)."""
+    bucket = await store.open_bucket(f"{brainless_namespace}-race-close", BucketConfig())
+    await bucket.write([WriteOp("a", b"1")])
+    await bucket.close()  # the ack inbox goes: the next write subscribes it again
+    bucket = await store.open_bucket(f"{brainless_namespace}-race-close", BucketConfig())
+    subs = len(nats_client._subs)
+    tasks = asyncio.all_tasks()
+    subscribing = asyncio.Event()
+    subscribe = nats_client.subscribe
+
+    async def slow_subscribe(*args: Any, **kwargs: Any) -> Any:
+        subscribing.set()
+        await asyncio.sleep(0.2)  # close() runs meanwhile
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(nats_client, "subscribe", slow_subscribe)
+    write = asyncio.ensure_future(bucket.write([WriteOp("a", b"2")]))
+    watch = bucket.watch(0)
+    first = asyncio.ensure_future(anext(watch))
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await store.close()
+    (result,) = await asyncio.wait_for(write, 5)
+    assert isinstance(result, ConnectionClosed), result
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(first, 5)
+    await watch.aclose()
+    monkeypatch.undo()
+    assert len(nats_client._subs) == subs
+    assert asyncio.all_tasks() <= tasks | {asyncio.current_task()}
+    assert (bucket._ack_sub, bucket._watches) == (None, set())
+    assert await NatsKVStore(nats_client, namespace=brainless_namespace).delete_bucket(bucket.name)
+
+
+async def test_a_watch_ahead_of_the_bucket_starts_after_its_revision(
+    any_store: KVStore, brainless_namespace: str
+) -> None:
+    """watch(after) yields nothing at or below ``after``, also when the bucket has not reached it
+    yet (as after it was created again under a running node): a NATS consumer starts at
+    after + 1, memory passed every live entry on."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-ahead", BucketConfig())
+    assert await bucket.write([WriteOp("a", b"1")]) == [1]
+    watch = bucket.watch(5)
+    try:
+        pending = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(0.3)  # the watch is running
+        assert await bucket.write([WriteOp(f"k{i}", b"1") for i in range(2, 10)]) == list(range(2, 10))
+        got = [await asyncio.wait_for(pending, 5)]
+        got += [await asyncio.wait_for(anext(watch), 5) for _ in range(3)]
+        assert [(e.key, e.revision) for e in got] == [("k6", 6), ("k7", 7), ("k8", 8), ("k9", 9)]
+    finally:
+        aclose = getattr(watch, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def test_load_lists_keys_in_revision_order(any_store: KVStore, brainless_namespace: str) -> None:
+    """A snapshot lists each key's latest entry in revision order on both stores (a database
+    loads its documents in that order, so ``all()`` without ``order_by`` is the same on both);
+    memory listed keys in the order they were first written."""
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-order", BucketConfig(history=3))
+    await bucket.write(
+        [WriteOp("a", b"1"), WriteOp("b", b"1"), WriteOp("c", b"1"), WriteOp("a", b"2"), WriteOp("b", None)]
+    )
+    await bucket.write([WriteOp("d", b"1"), WriteOp("b", b"3"), WriteOp("c", None)])
+    snap = await bucket.load()
+    assert [(e.key, e.revision) for e in snap.entries] == [("a", 4), ("d", 6), ("b", 7)]
+
+
+async def test_reopening_with_other_settings_warns_and_keeps_the_bucket(
+    any_store: KVStore,
+    store: NatsKVStore,
+    nats_client: Client,
+    brainless_namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another node opening a bucket with other settings (a new version of a class) uses it as it
+    is, and both stores say so in a warning; memory kept the bucket silently."""
+    other = NatsKVStore(nats_client, namespace=brainless_namespace) if any_store is store else any_store
+    name = f"{brainless_namespace}-settings"
+    await any_store.open_bucket(name, BucketConfig(ttl=5.0))
+    await other.open_bucket(name, BucketConfig(ttl=5.0))
+    assert "different settings" not in caplog.text
+    again = await other.open_bucket(name, BucketConfig(history=5, ttl=5.0))
+    assert f"bucket {name} exists with different settings, using it as it is: " in caplog.text
+    assert await again.write([WriteOp("a", b"1"), WriteOp("a", b"2")]) == [1, 2]
+    assert [r for _k, r, _op in await _replay(again, 0)] == [2]  # still history=1
+
+
+async def test_a_watch_its_owner_closes_while_it_starts_just_ends(
+    bucket: NatsBucket, nats_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose() while ``async with`` starts the watch: the start ends quietly, iterating ends, and
+    the consumer's subscription is gone (the start must not raise StopAsyncIteration at the owner)."""
+    subs = len(nats_client._subs)
+    subscribing = asyncio.Event()
+    subscribe = nats_client.subscribe
+
+    async def slow_subscribe(*args: Any, **kwargs: Any) -> Any:
+        subscribing.set()
+        await asyncio.sleep(0.2)
+        return await subscribe(*args, **kwargs)
+
+    monkeypatch.setattr(nats_client, "subscribe", slow_subscribe)
+    watch = bucket.watch(0)
+    entering = asyncio.ensure_future(watch.__aenter__())
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await watch.aclose()
+    assert await asyncio.wait_for(entering, 5) is watch
+    with pytest.raises(StopAsyncIteration):
+        await anext(watch)
+    monkeypatch.undo()
+    assert len(nats_client._subs) == subs
+    assert bucket._watches == set()

@@ -151,6 +151,11 @@ def test_reserved_field_names(name: str) -> None:
         {"bucket_max_value_size": 0},
         {"bucket_ttl": -1},
         {"bucket_ttl": "1h"},
+        {"bucket_ttl": 0.05},  # nats-server's shortest max_age is 100 ms
+        {"bucket_max_value_size": 2**31},
+        {"bucket_replicas": 0},
+        {"bucket_storage": None},
+        {"collection": "c" * 5000},  # its bucket description would be over 4096 bytes
         {"registry": "nope"},
         {"validate_assignment": False},
     ],
@@ -159,6 +164,16 @@ def test_bad_document_config_is_a_definition_error(config: dict[str, Any]) -> No
     B = fresh_registry_base()
     with pytest.raises(DefinitionError):
         type("Bad", (B,), {"model_config": DocumentConfig(**config), "__module__": __name__})
+
+
+def test_bucket_option_errors_name_the_key_and_what_it_must_be() -> None:
+    B = fresh_registry_base()
+    with pytest.raises(
+        DefinitionError,
+        match=r"^Bad: model_config\['bucket_ttl'\] must be None or a number of seconds, at least 0\.1 "
+        r"\(NATS' shortest max_age\), got 0\.05$",
+    ):
+        type("Bad", (B,), {"model_config": DocumentConfig(bucket_ttl=0.05), "__module__": __name__})
 
 
 def test_good_bucket_options_are_kept() -> None:
