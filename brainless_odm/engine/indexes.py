@@ -141,7 +141,10 @@ class FieldIndex:
         self, lo: Any = None, hi: Any = None, *, lo_incl: bool = True, hi_incl: bool = True
     ) -> tuple[int, int] | None:
         """Positions in the sorted index of ``lo <(=) value <(=) hi`` (either bound optional), so
-        the number of matches is known without materialising them; ``None`` if it cannot tell."""
+        the number of matches is known without materialising them; ``None`` if it cannot tell.
+        A NaN bound is below and above nothing: no value lies within it."""
+        if is_nan(lo) or is_nan(hi):
+            return 0, 0
         s = self.sorted
         if s is None:
             if not self.orderable:
@@ -166,6 +169,8 @@ class FieldIndex:
 
     def keys_between(self, start: int, stop: int) -> list[str]:
         """Keys at sorted positions ``start:stop`` (from :meth:`bounds`)."""
+        if start >= stop:
+            return []
         assert self.sorted is not None
         return [key for _, key in self.sorted.islice(start, stop)]
 

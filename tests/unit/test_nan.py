@@ -74,3 +74,22 @@ async def test_nan_repeats_in_a_unique_field(make_db: DbFactory) -> None:
     objects.add(x=math.nan)  # the same object: NaN still equals nothing
     objects.add(x=float("nan"))
     assert len(objects) == 3
+
+
+@pytest.mark.parametrize("cls", [Indexed_, Plain])
+@pytest.mark.parametrize(
+    "lookups",
+    [{"x__gt": math.nan}, {"x__gte": math.nan}, {"x__lt": math.nan}, {"x__lte": math.nan},
+     {"x__range": (math.nan, 5.0)}, {"x__range": (0.0, math.nan)}],
+)  # fmt: skip
+async def test_a_nan_bound_matches_nothing(
+    make_db: DbFactory, cls: type[Indexed_ | Plain], lookups: dict[str, float]
+) -> None:
+    """Nothing is above or below NaN. The sorted index placed a NaN bound at its start, so that
+    ``x__gte=nan`` and ``x__range=(nan, 5)`` on an indexed field matched every number."""
+    db = await make_db(cls)
+    objects = cls.objects.using(db)
+    for n, x in enumerate(XS):
+        objects.add(x=x, n=n)
+    assert await objects.filter(**lookups) == []
+    assert await objects.filter(**lookups).count() == 0
