@@ -18,10 +18,13 @@ from typing import Any, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ..engine.indexes import is_nan
+from ..engine.indexes import is_nan, order_value, plain_enum
 from ..exceptions import QueryError
 
-__all__ = ["LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "orderable", "resolve", "resolve_path"]
+__all__ = [
+    "LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "by_value", "orderable", "ordered_getter", "resolve",
+    "resolve_path",
+]  # fmt: skip
 
 LOOKUPS = frozenset(
     {
@@ -82,29 +85,45 @@ def _is_str(tp: Any) -> bool:
     return isinstance(base, type) and issubclass(base, str)
 
 
-def orderable(tp: Any) -> bool:
-    """Can values of type ``tp`` be compared with ``<``? (Models, dicts, sets and plain enums cannot.)
+def orderable(tp: Any, *, inside: bool = False) -> bool:
+    """Can values of type ``tp`` be ordered? (Models, dicts and sets cannot.)
 
     Decided from the declared type when a query is built, so that ``order_by("caller")`` or
-    ``state__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
-    empty result) when the query runs.
+    ``meta__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
+    empty result) when the query runs. A plain ``Enum`` (no order of its own) is ordered by its
+    members' values (:func:`by_value`), but not ``inside`` a list or tuple: ``<`` between two lists
+    compares their items themselves.
     """
     base, _ = _strip_optional(tp)
     origin = typing.get_origin(base)
     if origin is typing.Literal or base is Any:
         return True
     if origin in (Union, types.UnionType):
-        return all(orderable(a) for a in typing.get_args(base))
+        return all(orderable(a, inside=inside) for a in typing.get_args(base))
     if origin in (list, tuple):
-        return all(orderable(a) for a in typing.get_args(base) if a is not Ellipsis)
+        return all(orderable(a, inside=True) for a in typing.get_args(base) if a is not Ellipsis)
     if origin is not None:
         return isinstance(origin, type) and not issubclass(origin, (dict, set, frozenset))
     if isinstance(base, type):
         if issubclass(base, (BaseModel, dict, set, frozenset)):
             return False
         if issubclass(base, enum.Enum):
-            return issubclass(base, (int, str, float))
+            return not (inside and plain_enum(base))
     return True
+
+
+def by_value(tp: Any) -> bool:
+    """Whether values of type ``tp`` may be members of a plain ``Enum``, which are compared and
+    sorted by their ``.value`` (``order_value``): the field's values then go through it."""
+    base, _ = _strip_optional(tp)
+    if base is Any or base is object:
+        return True
+    origin = typing.get_origin(base)
+    if origin is typing.Literal:
+        return any(isinstance(a, enum.Enum) and plain_enum(type(a)) for a in typing.get_args(base))
+    if origin in (Union, types.UnionType):
+        return any(by_value(a) for a in typing.get_args(base))
+    return isinstance(base, type) and plain_enum(base)
 
 
 @lru_cache(maxsize=1024)
@@ -177,6 +196,14 @@ def resolve_path(cls: type[BaseModel], parts: Iterable[str], what: str) -> Field
     if not names:
         raise QueryError(f"{what}: no field named")
     return FieldPath(tuple(names), annotation, _getter(tuple(names)))
+
+
+def ordered_getter(path: FieldPath) -> Getter:
+    """``path.get``, giving what a value is ordered by (a plain enum member's ``.value``)."""
+    get = path.get
+    if not by_value(path.annotation):
+        return get
+    return lambda doc: order_value(get(doc))
 
 
 # -- conditions ------------------------------------------------------------------------------------
@@ -277,7 +304,7 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
             raise QueryError(f"{what}: cannot compare with None; use {path.dotted}__isnull")
         v = _validate(base, value, what)
         cmp = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}[op]
-        return Cond(path, op, v, _safe(cmp, get, v))
+        return Cond(path, op, v, _safe(cmp, ordered_getter(path), order_value(v)))
     if op in ("in", "nin"):
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise QueryError(f"{what}: needs an iterable of values (a list, set, tuple...), got {value!r}")
@@ -308,13 +335,14 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
         if len(pair) != 2 or pair[0] is None or pair[1] is None:
             raise QueryError(f"{what}: range takes a (low, high) pair of values, got {value!r}")
         lo, hi = (_validate(base, x, what) for x in pair)
+        get_ordered, lo_v, hi_v = ordered_getter(path), order_value(lo), order_value(hi)
 
         def in_range(doc: Any) -> bool:
-            v = get(doc)
+            v = get_ordered(doc)
             if v is None:
                 return False
             try:
-                return bool(lo <= v <= hi)
+                return bool(lo_v <= v <= hi_v)
             except TypeError:
                 return False
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from .._tracking import same_value
 from ..engine.indexes import is_nan
 from ..exceptions import QueryError, UniqueViolation
-from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, resolve, resolve_path
+from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, ordered_getter, resolve, resolve_path
 
 if TYPE_CHECKING:
     from ..document import Document
@@ -83,7 +83,8 @@ class QuerySet(Generic[D]):
         return self._and(Not(node))
 
     def order_by(self, *keys: str) -> QuerySet[D]:
-        """Sort by fields (``"-priority"`` descending, ``"caller__city"`` nested); ``None`` first."""
+        """Sort by fields (``"-priority"`` descending, ``"caller__city"`` nested); ``None`` first.
+        Members of a plain ``Enum`` sort by their ``.value``."""
         order = []
         model = self._manager.model
         for key in keys:
@@ -95,7 +96,7 @@ class QuerySet(Generic[D]):
             path = resolve_path(model, name.split("__"), what)
             if not orderable(path.annotation):
                 raise QueryError(f"{what}: {name} has no order; order by one of its fields or another field")
-            order.append((path.get, desc, name))
+            order.append((ordered_getter(path), desc, name))
         return self._clone(order=tuple(order))
 
     def limit(self, n: int) -> QuerySet[D]:

@@ -199,7 +199,7 @@ class Painted(Base):
     meta: dict[str, int] = Field(default_factory=dict)
 
 
-@pytest.mark.parametrize("key", ["caller", "-caller", "color", "meta"])
+@pytest.mark.parametrize("key", ["caller", "-caller", "meta"])
 async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactory, key: str) -> None:
     db = await make_db(Painted)
     objects = Painted.objects.using(db)
@@ -210,7 +210,7 @@ async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactor
 
 
 @pytest.mark.parametrize(
-    "lookups", [{"color__gt": "red"}, {"caller__lt": {"number": "1"}}, {"color__range": ("red", "red")}]
+    "lookups", [{"meta__gt": {"a": 1}}, {"caller__lt": {"number": "1"}}, {"meta__range": ({}, {"a": 1})}]
 )
 async def test_comparing_a_field_without_order_is_a_query_error(
     make_db: DbFactory, lookups: dict[str, Any]
