@@ -74,9 +74,17 @@ def _element_of(tp: Any) -> Any | None:
     return None
 
 
+def _is_any(tp: Any) -> bool:
+    """``Any`` or ``object``: a field that holds whatever it is given."""
+    return tp is Any or tp is object
+
+
 def _is_str(tp: Any) -> bool:
+    """Whether ``tp`` may hold a str (``Any`` may)."""
+    if tp is None:
+        return False
     base, _ = _strip_optional(tp)
-    if base is Any:
+    if _is_any(base):
         return True
     if typing.get_origin(base) is typing.Literal:
         return all(isinstance(a, str) for a in typing.get_args(base))
@@ -347,33 +355,106 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
                 return False
 
         return Cond(path, op, (lo, hi), in_range)
-    elem = _element_of(tp)
+    alts = _alternatives(tp)
     if op == "contains":
-        if elem is not None:
-            v = _validate(elem, value, what)
-            return Cond(path, op, v, _safe(lambda a, b: b in a, get, v))
-        if _is_str(tp):
-            v = _validate(str, value, what)
-            return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and b in a, get, v))
-        raise QueryError(f"{what}: contains needs a str or list field, {path.dotted} is {_type_name(tp)}")
+        return Cond(path, op, value, _contains(alts, get, value, what, path))
     if op == "icontains":
-        v = _validate(str, value, what).casefold()
-        if elem is not None and _is_str(elem):
-            return Cond(
-                path, op, v,
-                _safe(lambda a, b: any(isinstance(x, str) and x.casefold() == b for x in a), get, v),
-            )  # fmt: skip
-        if _is_str(tp):
-            return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and b in a.casefold(), get, v))
-        raise QueryError(
-            f"{what}: icontains needs a str or list[str] field, {path.dotted} is {_type_name(tp)}"
-        )
+        if not any(_is_str(a) or _is_str(_element_of(a)) for a in alts):
+            raise QueryError(
+                f"{what}: icontains needs a str or list[str] field, {path.dotted} is {_type_name(tp)}"
+            )
+        folded: str = _validate(str, value, what).casefold()
+
+        def icontains(doc: Any) -> bool:
+            a = get(doc)
+            if isinstance(a, str):
+                return folded in a.casefold()
+            if isinstance(a, (list, tuple, set, frozenset)):
+                return any(isinstance(x, str) and x.casefold() == folded for x in a)
+            return False  # None, or another type (an Any field): no match, never an error
+
+        return Cond(path, op, folded, icontains)
     # startswith / endswith
     if not _is_str(tp):
         raise QueryError(f"{what}: {op} needs a str field, {path.dotted} is {_type_name(tp)}")
     v = _validate(str, value, what)
     method = str.startswith if op == "startswith" else str.endswith
     return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and method(a, b), get, v))
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    """The types a value of ``tp`` may have: a union's members (nested ones too), without ``None``."""
+    base, _ = _strip_optional(tp)
+    if typing.get_origin(base) in (Union, types.UnionType):
+        return [alt for a in typing.get_args(base) for alt in _alternatives(a)]
+    return [base]
+
+
+def _contains(alts: list[Any], get: Getter, value: Any, what: str, path: FieldPath) -> Predicate:
+    """``value in`` the field's value. The argument is validated as each kind of value the field may
+    hold takes it: a ``str`` for a str, a member for a list (``tags__contains="5"`` on a
+    ``list[int]`` means ``5``), as it is for an ``Any`` field. A document whose value does not take
+    the argument (``5 in "abc"``, an ``int`` in an ``Any`` field) does not match."""
+    args: list[Any] = []
+    error: QueryError | None = None
+
+    def take(tp: Any) -> None:
+        nonlocal error
+        try:
+            arg = _validate(tp, value, what)
+        except QueryError as exc:
+            error = error or exc
+            return
+        if not any(arg is a or (type(arg) is type(a) and _equal(arg, a)) for a in args):
+            args.append(arg)
+
+    elems = [e for a in alts if (e := _element_of(a)) is not None]
+    if any(_is_str(a) and not _is_any(a) for a in alts):
+        take(str)
+    if elems:
+        take(elems[0] if len(elems) == 1 else typing.Union[tuple(elems)])  # noqa: UP007 - runtime tuple
+    if any(_is_any(a) for a in alts):
+        args.append(value)
+    if not args:
+        if error is not None:
+            raise error
+        raise QueryError(
+            f"{what}: contains needs a str or list field, {path.dotted} is {_type_name(path.annotation)}"
+        )
+    if len(args) == 1:
+        (arg,) = args
+
+        def contains(doc: Any) -> bool:
+            v = get(doc)
+            if v is None:
+                return False
+            try:
+                return arg in v
+            except TypeError:  # a value that holds no such thing (5 in "abc", 5 in 7)
+                return False
+
+        return contains
+
+    def contains_any(doc: Any) -> bool:
+        v = get(doc)
+        if v is None:
+            return False
+        for a in args:
+            try:
+                if a in v:
+                    return True
+            except TypeError:
+                pass
+        return False
+
+    return contains_any
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _model_of_path(cls: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:
