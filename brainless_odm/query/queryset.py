@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import heapq
 from collections import abc
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sized
+from functools import lru_cache
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -202,9 +205,9 @@ class QuerySet(Generic[D]):
                 docs = _sorted(docs, get, desc, stop if i == last else None)
             except TypeError:
                 # Values of several types that do not compare (a field typed int | str): by
-                # type name first, so the sort is still total and stable; values of one type
-                # that do not compare (a naive and an aware datetime, two dicts in an Any
-                # field) by their repr.
+                # kind first (_kind: numbers together, strs together, other types by name), so
+                # the sort is still total and stable; values of one kind that do not compare (a
+                # naive and an aware datetime, two dicts in an Any field) by their repr.
                 docs.sort(key=_lenient_sort_key(get), reverse=desc)
         if start or stop is not None:
             return docs[start:stop]
@@ -377,6 +380,21 @@ class _Lenient:
             return repr(self.v) < repr(other.v)
 
 
+@lru_cache(maxsize=256)
+def _kind(t: type[Any]) -> str:
+    """What a value of type ``t`` is grouped with when a field's values do not all compare: numbers
+    together, strs together (a str enum too), a list with the lists whether or not it is tracked
+    yet (a document loaded from the store holds plain ones until they are read), every other type
+    by its name. Values that do compare with each other stay in one group, so the order of two
+    documents does not depend on what a third one holds."""
+    if issubclass(t, (int, float, decimal.Decimal, fractions.Fraction)):
+        return "number"
+    for base in (str, bytes, list, tuple, dict, set, frozenset):
+        if issubclass(t, base):
+            return base.__name__
+    return t.__name__
+
+
 def _lenient_sort_key(get: Any) -> Any:
     def key(doc: Any) -> tuple[int, str, Any]:
         v = get(doc)
@@ -384,7 +402,7 @@ def _lenient_sort_key(get: Any) -> Any:
             return (0, "", _Lenient(0))
         if type(v) is float and v != v:
             return (2, "", _Lenient(0))
-        return (1, type(v).__name__, _Lenient(v))
+        return (1, _kind(v.__class__), _Lenient(v))
 
     return key
 
