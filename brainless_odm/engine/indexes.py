@@ -2,8 +2,8 @@
 
 A hash index (value → set of keys) answers equality and ``in``; a sorted list of (value, key) answers
 ``lt``/``lte``/``gt``/``gte``/``range``. ``None`` is kept in the hash index only (it has no order);
-so is a float NaN, which no lookup matches (it equals nothing, itself included, and compares with
-nothing: in the sorted list it would break the order every lookup bisects).
+so is a NaN (float or ``Decimal``), which no lookup matches (it equals nothing, itself included, and
+compares with nothing: in the sorted list it would break the order every lookup bisects).
 A member of a plain ``Enum`` (one without an order of its own) is ordered by its ``.value``
 (:func:`order_value`), in the sorted part and in the bounds of a lookup, as the query layer orders it.
 Values that cannot be ordered against the others (a field typed ``int | str`` holding both) make
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Iterable
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -29,8 +30,12 @@ __all__ = ["FieldIndex", "is_nan", "order_value", "plain_enum"]
 
 
 def is_nan(value: Any) -> bool:
-    """A float NaN: equal to nothing, ordered against nothing."""
-    return type(value) is float and value != value
+    """A float or ``Decimal`` NaN: equal to nothing, ordered against nothing (a ``Decimal`` NaN
+    raises ``InvalidOperation`` when compared with ``<``)."""
+    t = type(value)
+    if t is float:
+        return bool(value != value)
+    return t is Decimal and bool(value.is_nan())
 
 
 @lru_cache(maxsize=256)
@@ -163,7 +168,7 @@ class FieldIndex:
 
     def holders(self, value: Any) -> Collection[str]:
         """Keys whose value equals ``value``."""
-        if type(value) is float and value != value:
+        if is_nan(value):
             return ()  # NaN equals nothing (the hash index finds the very same NaN object)
         try:
             held = self.hash.get(value)

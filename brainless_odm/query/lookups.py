@@ -271,7 +271,7 @@ def _safe(cmp: Callable[[Any, Any], bool], get: Getter, value: Any) -> Predicate
             return False
         try:
             return bool(cmp(v, value))
-        except TypeError:
+        except (TypeError, ArithmeticError):  # ArithmeticError: a Decimal NaN
             return False
 
     return test
@@ -351,7 +351,7 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
                 return False
             try:
                 return bool(lo_v <= v <= hi_v)
-            except TypeError:
+            except (TypeError, ArithmeticError):
                 return False
 
         return Cond(path, op, (lo, hi), in_range)

@@ -203,7 +203,7 @@ class QuerySet(Generic[D]):
             try:
                 # The primary key (sorted last) only has to place the first `stop` documents.
                 docs = _sorted(docs, get, desc, stop if i == last else None)
-            except TypeError:
+            except (TypeError, ArithmeticError):  # ArithmeticError: a Decimal NaN refuses `<`
                 # Values of several types that do not compare (a field typed int | str): by
                 # kind first (_kind: numbers together, strs together, other types by name), so
                 # the sort is still total and stable; values of one kind that do not compare (a
@@ -334,7 +334,7 @@ class _Held:
 
 
 def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
-    """``docs`` in a stable order of ``get(doc)``: ``None`` first, a float NaN (which compares with
+    """``docs`` in a stable order of ``get(doc)``: ``None`` first, a NaN (which compares with
     nothing) after every number, as in PostgreSQL; reversed when ``desc``. With ``stop``, only the
     first ``stop`` documents are returned.
 
@@ -349,7 +349,7 @@ def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
         v = get(doc)
         if v is None:
             nones.append(doc)
-        elif type(v) is float and v != v:
+        elif ((t := type(v)) is float and v != v) or (t is decimal.Decimal and v.is_nan()):
             nans.append(doc)
         else:
             rest.append(doc)
@@ -376,7 +376,7 @@ class _Lenient:
     def __lt__(self, other: _Lenient) -> bool:
         try:
             return bool(self.v < other.v)
-        except TypeError:
+        except (TypeError, ArithmeticError):
             return repr(self.v) < repr(other.v)
 
 
@@ -400,7 +400,7 @@ def _lenient_sort_key(get: Any) -> Any:
         v = get(doc)
         if v is None:
             return (0, "", _Lenient(0))
-        if type(v) is float and v != v:
+        if is_nan(v):
             return (2, "", _Lenient(0))
         return (1, _kind(v.__class__), _Lenient(v))
 
