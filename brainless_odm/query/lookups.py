@@ -11,6 +11,7 @@ import enum
 import operator
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -94,7 +95,7 @@ def _is_str(tp: Any) -> bool:
 
 
 def orderable(tp: Any, *, inside: bool = False) -> bool:
-    """Can values of type ``tp`` be ordered? (Models, dicts and sets cannot.)
+    """Can values of type ``tp`` be ordered? (Models, mappings and sets cannot.)
 
     Decided from the declared type when a query is built, so that ``order_by("caller")`` or
     ``meta__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
@@ -108,12 +109,16 @@ def orderable(tp: Any, *, inside: bool = False) -> bool:
         return True
     if origin in (Union, types.UnionType):
         return all(orderable(a, inside=inside) for a in typing.get_args(base))
-    if origin in (list, tuple):
-        return all(orderable(a, inside=True) for a in typing.get_args(base) if a is not Ellipsis)
     if origin is not None:
-        return isinstance(origin, type) and not issubclass(origin, (dict, set, frozenset))
+        # Mapping[...] and AbstractSet[...] as dict and set: a mapping has no order, and sets
+        # compare as subsets (no total order to sort by).
+        if not isinstance(origin, type) or issubclass(origin, (abc.Mapping, abc.Set)):
+            return False
+        if issubclass(origin, abc.Sequence):  # list, tuple, Sequence: ordered by their items
+            return all(orderable(a, inside=True) for a in typing.get_args(base) if a is not Ellipsis)
+        return True
     if isinstance(base, type):
-        if issubclass(base, (BaseModel, dict, set, frozenset)):
+        if issubclass(base, (BaseModel, abc.Mapping, abc.Set)):
             return False
         if issubclass(base, enum.Enum):
             return not (inside and plain_enum(base))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Annotated, Any
 
 import pytest
@@ -198,9 +200,14 @@ class Painted(Base):
     size: Size = Size.s
     caller: Caller | None = None
     meta: dict[str, int] = Field(default_factory=dict)
+    mapping: Mapping[str, int] = Field(default_factory=dict)  # a dict, as typed by an abc
+    bag: AbstractSet[int] = frozenset()  # sets compare as subsets: no order to sort by
+    records: Sequence[dict[str, int]] = ()
 
 
-@pytest.mark.parametrize("key", ["caller", "-caller", "meta"])
+# mapping, bag and records were accepted: order_by gave an arbitrary order, and mapping__gt={}
+# matched nothing, silently
+@pytest.mark.parametrize("key", ["caller", "-caller", "meta", "mapping", "bag", "records"])
 async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactory, key: str) -> None:
     db = await make_db(Painted)
     objects = Painted.objects.using(db)
@@ -211,7 +218,15 @@ async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactor
 
 
 @pytest.mark.parametrize(
-    "lookups", [{"meta__gt": {"a": 1}}, {"caller__lt": {"number": "1"}}, {"meta__range": ({}, {"a": 1})}]
+    "lookups",
+    [
+        {"meta__gt": {"a": 1}},
+        {"caller__lt": {"number": "1"}},
+        {"meta__range": ({}, {"a": 1})},
+        {"mapping__gt": {}},
+        {"bag__lt": {1, 2}},
+        {"records__gte": [{"a": 1}]},
+    ],
 )
 async def test_comparing_a_field_without_order_is_a_query_error(
     make_db: DbFactory, lookups: dict[str, Any]
