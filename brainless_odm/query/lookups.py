@@ -62,14 +62,15 @@ def _model_of(tp: Any) -> type[BaseModel] | None:
 
 
 def _element_of(tp: Any) -> Any | None:
-    """The element type if ``tp`` is a list/set/tuple-like, else ``None``."""
+    """The item type if ``tp`` is a list/set/tuple-like, else ``None``: a union of the item types
+    of a ``tuple[int, str]``, whose items differ."""
     base, _ = _strip_optional(tp)
     origin = typing.get_origin(base)
-    if origin in (list, set, frozenset, tuple) or (
-        isinstance(origin, type) and origin.__name__ == "Sequence"
-    ):
-        args = [a for a in typing.get_args(base) if a is not Ellipsis]
-        return args[0] if args else Any
+    if isinstance(origin, type) and issubclass(origin, (abc.Sequence, abc.Set)):
+        args = list(dict.fromkeys(a for a in typing.get_args(base) if a is not Ellipsis))
+        if not args:
+            return Any
+        return args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007 - runtime tuple
     if base in (list, set, frozenset, tuple):
         return Any
     return None
@@ -397,8 +398,9 @@ def _alternatives(tp: Any) -> list[Any]:
 
 def _contains(alts: list[Any], get: Getter, value: Any, what: str, path: FieldPath) -> Predicate:
     """``value in`` the field's value. The argument is validated as each kind of value the field may
-    hold takes it: a ``str`` for a str, a member for a list (``tags__contains="5"`` on a
-    ``list[int]`` means ``5``), as it is for an ``Any`` field. A document whose value does not take
+    hold takes it: a ``str`` for a str, an item for a list (``tags__contains="5"`` on a
+    ``list[int]`` means ``5``; on a ``tuple[int, str]`` both ``5`` and ``"5"``), as it is for an
+    ``Any`` field. A document whose value does not take
     the argument (``5 in "abc"``, an ``int`` in an ``Any`` field) does not match."""
     args: list[Any] = []
     error: QueryError | None = None
@@ -413,11 +415,13 @@ def _contains(alts: list[Any], get: Getter, value: Any, what: str, path: FieldPa
         if not any(arg is a or (type(arg) is type(a) and _equal(arg, a)) for a in args):
             args.append(arg)
 
-    elems = [e for a in alts if (e := _element_of(a)) is not None]
     if any(_is_str(a) and not _is_any(a) for a in alts):
         take(str)
-    if elems:
-        take(elems[0] if len(elems) == 1 else typing.Union[tuple(elems)])  # noqa: UP007 - runtime tuple
+    # Each item type on its own: validated against a union, "2" would stay a str for a
+    # tuple[int, str] (Pydantic's smart mode), and never find the int 2.
+    items = [t for a in alts if (e := _element_of(a)) is not None for t in _union_members(e)]
+    for t in dict.fromkeys(items):
+        take(t)
     if any(_is_any(a) for a in alts):
         args.append(value)
     if not args:
@@ -453,6 +457,13 @@ def _contains(alts: list[Any], get: Getter, value: Any, what: str, path: FieldPa
         return False
 
     return contains_any
+
+
+def _union_members(tp: Any) -> list[Any]:
+    """The members of a union (nested ones too, ``None`` included), or ``[tp]``."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _union_members(a)]
+    return [tp]
 
 
 def _equal(a: Any, b: Any) -> bool:

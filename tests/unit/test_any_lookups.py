@@ -148,3 +148,33 @@ async def test_other_lookups_on_any_never_raise(db: Database, field: str) -> Non
     assert await q("isnull", True) == [4]
     objects = Thing.objects.using(db)
     assert len(await objects.order_by(field, "n")) == len(VALUES)
+
+
+class Pairs(Document):
+    model_config = DocumentConfig(registry=REG)
+    n: int = 0
+    pair: tuple[int, str] = (0, "")
+    holes: list[int | None] = Field(default_factory=list)
+    text_or_nums: str | list[int] = ""
+
+
+async def test_contains_takes_the_argument_as_each_item_type_does(make_db: DbFactory) -> None:
+    """A ``tuple[int, str]`` was searched with the argument validated as its first item type only:
+    ``pair__contains="a"`` was a ``QueryError``, ``pair__icontains`` refused the field."""
+    db = await make_db(Pairs)
+    objects = Pairs.objects.using(db)
+    objects.add(n=0, pair=(1, "a"), holes=[1, None], text_or_nums="x5")
+    objects.add(n=1, pair=(2, "B"), holes=[2], text_or_nums=[5, 6])
+    objects.add(n=2, pair=(3, "2"), holes=[], text_or_nums=[7])
+
+    async def ns(**lookups: Any) -> list[int]:
+        return sorted(d.n for d in await objects.filter(**lookups))
+
+    assert await ns(pair__contains="a") == [0]
+    assert await ns(pair__contains=1) == [0]
+    assert await ns(pair__contains="2") == [1, 2]  # the int 2 and the str "2"
+    assert await ns(pair__icontains="b") == [1]
+    assert await ns(holes__contains=None) == [0]
+    assert await ns(holes__contains="2") == [1]
+    assert await ns(text_or_nums__contains="5") == [0, 1]  # a substring, and the int 5
+    assert await ns(text_or_nums__contains=7) == [2]
