@@ -349,7 +349,10 @@ def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
         v = get(doc)
         if v is None:
             nones.append(doc)
-        elif ((t := type(v)) is float and v != v) or (t is decimal.Decimal and v.is_nan()):
+        elif type(v) is float and v != v:
+            # (A Decimal NaN stays with the values: it raises InvalidOperation as soon as it is
+            # compared, and the lenient sort places it; checking every value for it would cost
+            # the common sort several percent.)
             nans.append(doc)
         else:
             rest.append(doc)
