@@ -2,8 +2,10 @@
 
 A hash index (value → set of keys) answers equality and ``in``; a sorted list of (value, key) answers
 ``lt``/``lte``/``gt``/``gte``/``range``. ``None`` is kept in the hash index only (it has no order);
-so is a float NaN, which no lookup matches (it equals nothing, itself included, and compares with
-nothing: in the sorted list it would break the order every lookup bisects).
+so is a NaN (float or ``Decimal``), which no lookup matches (it equals nothing, itself included, and
+compares with nothing: in the sorted list it would break the order every lookup bisects).
+A member of a plain ``Enum`` (one without an order of its own) is ordered by its ``.value``
+(:func:`order_value`), in the sorted part and in the bounds of a lookup, as the query layer orders it.
 Values that cannot be ordered against the others (a field typed ``int | str`` holding both) make
 the sorted part give up: range lookups on that field then scan, and still answer correctly. Once
 some value has been removed, the next range lookup tries to build it again: when the value that
@@ -16,17 +18,53 @@ document) and time on every add and load for nothing.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Iterable
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from sortedcontainers import SortedList
 
-__all__ = ["FieldIndex", "is_nan"]
+__all__ = ["FieldIndex", "is_nan", "order_value", "plain_enum"]
 
 
 def is_nan(value: Any) -> bool:
-    """A float NaN: equal to nothing, ordered against nothing."""
-    return type(value) is float and value != value
+    """A float or ``Decimal`` NaN: equal to nothing, ordered against nothing (a ``Decimal`` NaN
+    raises ``InvalidOperation`` when compared with ``<``)."""
+    t = type(value)
+    if t is float:
+        return bool(value != value)
+    return t is Decimal and bool(value.is_nan())
+
+
+@lru_cache(maxsize=256)
+def plain_enum(cls: type[Any]) -> bool:
+    """An ``Enum`` class whose members have no order of their own (no ``int``/``str``/``float`` mixin,
+    no ``__lt__``...): such members are ordered by their ``.value`` (:func:`order_value`)."""
+    return issubclass(cls, enum.Enum) and all(
+        getattr(cls, op) is getattr(object, op) for op in ("__lt__", "__le__", "__gt__", "__ge__")
+    )
+
+
+def order_value(value: Any) -> Any:
+    """What ``value`` is ordered by: a member of a plain ``Enum`` by its ``.value`` (so it sorts as
+    that value would: ``None`` first, a NaN after the numbers), anything else by itself.
+
+    By value rather than by definition order: the value is what is stored and what other tools
+    read, a member's place in the class may change with an edit of the code, and an ``IntEnum`` or
+    ``StrEnum`` already compares by value.
+    """
+    if isinstance(value, enum.Enum) and plain_enum(type(value)):
+        return value.value
+    return value
+
+
+def _sort_value(value: Any) -> Any:
+    """The value the sorted part holds for ``value``, or ``None`` when it holds none (``None`` and
+    NaN have no place in an order)."""
+    v = order_value(value)
+    return None if v is None or is_nan(v) else v
 
 
 class FieldIndex:
@@ -44,8 +82,9 @@ class FieldIndex:
 
     def _build_sorted(self) -> SortedList | None:
         pairs: list[tuple[Any, str]] = []
-        for value, held in self.hash.items():
-            if value is None or is_nan(value):
+        for held_value, held in self.hash.items():
+            value = _sort_value(held_value)
+            if value is None:
                 continue
             if isinstance(held, str):
                 pairs.append((value, held))
@@ -73,9 +112,9 @@ class FieldIndex:
 
     def add(self, key: str, value: Any) -> None:
         self._hash_add(key, value)
-        if value is not None and self.sorted is not None and not is_nan(value):
+        if self.sorted is not None and (v := _sort_value(value)) is not None:
             try:
-                self.sorted.add((value, key))
+                self.sorted.add((v, key))
             except TypeError:
                 self.sorted = None  # mixed, unorderable values: range lookups fall back to a scan
                 self.orderable = False
@@ -97,8 +136,9 @@ class FieldIndex:
         ordered: list[tuple[Any, str]] = []
         for key, value in pairs:
             self._hash_add(key, value)
-            if value is not None and not is_nan(value):
-                ordered.append((value, key))
+            v = _sort_value(value)
+            if v is not None:
+                ordered.append((v, key))
         if ordered and self.sorted is not None:
             try:
                 self.sorted.update(ordered)
@@ -120,14 +160,15 @@ class FieldIndex:
                 elif not held:
                     del h[value]
         if self.sorted is not None:
-            if value is not None and not is_nan(value):
-                self.sorted.discard((value, key))
+            v = _sort_value(value)
+            if v is not None:
+                self.sorted.discard((v, key))
         elif not self.orderable:
             self.retry = True
 
     def holders(self, value: Any) -> Collection[str]:
         """Keys whose value equals ``value``."""
-        if type(value) is float and value != value:
+        if is_nan(value):
             return ()  # NaN equals nothing (the hash index finds the very same NaN object)
         try:
             held = self.hash.get(value)
@@ -141,7 +182,17 @@ class FieldIndex:
         self, lo: Any = None, hi: Any = None, *, lo_incl: bool = True, hi_incl: bool = True
     ) -> tuple[int, int] | None:
         """Positions in the sorted index of ``lo <(=) value <(=) hi`` (either bound optional), so
-        the number of matches is known without materialising them; ``None`` if it cannot tell."""
+        the number of matches is known without materialising them; ``None`` if it cannot tell.
+        A bound that has no place in the order (a NaN, a plain enum member whose value is ``None``)
+        is below and above nothing: no value lies within it."""
+        if lo is not None:
+            lo = _sort_value(lo)
+            if lo is None:
+                return 0, 0
+        if hi is not None:
+            hi = _sort_value(hi)
+            if hi is None:
+                return 0, 0
         s = self.sorted
         if s is None:
             if not self.orderable:
@@ -166,6 +217,8 @@ class FieldIndex:
 
     def keys_between(self, start: int, stop: int) -> list[str]:
         """Keys at sorted positions ``start:stop`` (from :meth:`bounds`)."""
+        if start >= stop:
+            return []
         assert self.sorted is not None
         return [key for _, key in self.sorted.islice(start, stop)]
 

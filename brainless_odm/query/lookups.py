@@ -11,6 +11,7 @@ import enum
 import operator
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,10 +19,13 @@ from typing import Any, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ..engine.indexes import is_nan
+from ..engine.indexes import is_nan, order_value, plain_enum
 from ..exceptions import QueryError
 
-__all__ = ["LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "orderable", "resolve", "resolve_path"]
+__all__ = [
+    "LOOKUPS", "And", "Cond", "Node", "Not", "Or", "Q", "by_value", "orderable", "ordered_getter", "resolve",
+    "resolve_path",
+]  # fmt: skip
 
 LOOKUPS = frozenset(
     {
@@ -58,22 +62,31 @@ def _model_of(tp: Any) -> type[BaseModel] | None:
 
 
 def _element_of(tp: Any) -> Any | None:
-    """The element type if ``tp`` is a list/set/tuple-like, else ``None``."""
+    """The item type if ``tp`` is a list/set/tuple-like, else ``None``: a union of the item types
+    of a ``tuple[int, str]``, whose items differ."""
     base, _ = _strip_optional(tp)
     origin = typing.get_origin(base)
-    if origin in (list, set, frozenset, tuple) or (
-        isinstance(origin, type) and origin.__name__ == "Sequence"
-    ):
-        args = [a for a in typing.get_args(base) if a is not Ellipsis]
-        return args[0] if args else Any
+    if isinstance(origin, type) and issubclass(origin, (abc.Sequence, abc.Set)):
+        args = list(dict.fromkeys(a for a in typing.get_args(base) if a is not Ellipsis))
+        if not args:
+            return Any
+        return args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007 - runtime tuple
     if base in (list, set, frozenset, tuple):
         return Any
     return None
 
 
+def _is_any(tp: Any) -> bool:
+    """``Any`` or ``object``: a field that holds whatever it is given."""
+    return tp is Any or tp is object
+
+
 def _is_str(tp: Any) -> bool:
+    """Whether ``tp`` may hold a str (``Any`` may)."""
+    if tp is None:
+        return False
     base, _ = _strip_optional(tp)
-    if base is Any:
+    if _is_any(base):
         return True
     if typing.get_origin(base) is typing.Literal:
         return all(isinstance(a, str) for a in typing.get_args(base))
@@ -82,29 +95,49 @@ def _is_str(tp: Any) -> bool:
     return isinstance(base, type) and issubclass(base, str)
 
 
-def orderable(tp: Any) -> bool:
-    """Can values of type ``tp`` be compared with ``<``? (Models, dicts, sets and plain enums cannot.)
+def orderable(tp: Any, *, inside: bool = False) -> bool:
+    """Can values of type ``tp`` be ordered? (Models, mappings and sets cannot.)
 
     Decided from the declared type when a query is built, so that ``order_by("caller")`` or
-    ``state__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
-    empty result) when the query runs.
+    ``meta__gt=...`` on such a field is a ``QueryError`` then, not a ``TypeError`` (or a silently
+    empty result) when the query runs. A plain ``Enum`` (no order of its own) is ordered by its
+    members' values (:func:`by_value`), but not ``inside`` a list or tuple: ``<`` between two lists
+    compares their items themselves.
     """
     base, _ = _strip_optional(tp)
     origin = typing.get_origin(base)
     if origin is typing.Literal or base is Any:
         return True
     if origin in (Union, types.UnionType):
-        return all(orderable(a) for a in typing.get_args(base))
-    if origin in (list, tuple):
-        return all(orderable(a) for a in typing.get_args(base) if a is not Ellipsis)
+        return all(orderable(a, inside=inside) for a in typing.get_args(base))
     if origin is not None:
-        return isinstance(origin, type) and not issubclass(origin, (dict, set, frozenset))
+        # Mapping[...] and AbstractSet[...] as dict and set: a mapping has no order, and sets
+        # compare as subsets (no total order to sort by).
+        if not isinstance(origin, type) or issubclass(origin, (abc.Mapping, abc.Set)):
+            return False
+        if issubclass(origin, abc.Sequence):  # list, tuple, Sequence: ordered by their items
+            return all(orderable(a, inside=True) for a in typing.get_args(base) if a is not Ellipsis)
+        return True
     if isinstance(base, type):
-        if issubclass(base, (BaseModel, dict, set, frozenset)):
+        if issubclass(base, (BaseModel, abc.Mapping, abc.Set)):
             return False
         if issubclass(base, enum.Enum):
-            return issubclass(base, (int, str, float))
+            return not (inside and plain_enum(base))
     return True
+
+
+def by_value(tp: Any) -> bool:
+    """Whether values of type ``tp`` may be members of a plain ``Enum``, which are compared and
+    sorted by their ``.value`` (``order_value``): the field's values then go through it."""
+    base, _ = _strip_optional(tp)
+    if base is Any or base is object:
+        return True
+    origin = typing.get_origin(base)
+    if origin is typing.Literal:
+        return any(isinstance(a, enum.Enum) and plain_enum(type(a)) for a in typing.get_args(base))
+    if origin in (Union, types.UnionType):
+        return any(by_value(a) for a in typing.get_args(base))
+    return isinstance(base, type) and plain_enum(base)
 
 
 @lru_cache(maxsize=1024)
@@ -179,6 +212,14 @@ def resolve_path(cls: type[BaseModel], parts: Iterable[str], what: str) -> Field
     return FieldPath(tuple(names), annotation, _getter(tuple(names)))
 
 
+def ordered_getter(path: FieldPath) -> Getter:
+    """``path.get``, giving what a value is ordered by (a plain enum member's ``.value``)."""
+    get = path.get
+    if not by_value(path.annotation):
+        return get
+    return lambda doc: order_value(get(doc))
+
+
 # -- conditions ------------------------------------------------------------------------------------
 class Node:
     """A resolved filter tree node."""
@@ -236,7 +277,7 @@ def _safe(cmp: Callable[[Any, Any], bool], get: Getter, value: Any) -> Predicate
             return False
         try:
             return bool(cmp(v, value))
-        except TypeError:
+        except (TypeError, ArithmeticError):  # ArithmeticError: a Decimal NaN
             return False
 
     return test
@@ -277,7 +318,7 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
             raise QueryError(f"{what}: cannot compare with None; use {path.dotted}__isnull")
         v = _validate(base, value, what)
         cmp = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}[op]
-        return Cond(path, op, v, _safe(cmp, get, v))
+        return Cond(path, op, v, _safe(cmp, ordered_getter(path), order_value(v)))
     if op in ("in", "nin"):
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise QueryError(f"{what}: needs an iterable of values (a list, set, tuple...), got {value!r}")
@@ -308,44 +349,128 @@ def make_cond(cls: type[BaseModel], key: str, value: Any) -> Cond:
         if len(pair) != 2 or pair[0] is None or pair[1] is None:
             raise QueryError(f"{what}: range takes a (low, high) pair of values, got {value!r}")
         lo, hi = (_validate(base, x, what) for x in pair)
+        get_ordered, lo_v, hi_v = ordered_getter(path), order_value(lo), order_value(hi)
 
         def in_range(doc: Any) -> bool:
-            v = get(doc)
+            v = get_ordered(doc)
             if v is None:
                 return False
             try:
-                return bool(lo <= v <= hi)
-            except TypeError:
+                return bool(lo_v <= v <= hi_v)
+            except (TypeError, ArithmeticError):
                 return False
 
         return Cond(path, op, (lo, hi), in_range)
-    elem = _element_of(tp)
+    alts = _alternatives(tp)
     if op == "contains":
-        if elem is not None:
-            v = _validate(elem, value, what)
-            return Cond(path, op, v, _safe(lambda a, b: b in a, get, v))
-        if _is_str(tp):
-            v = _validate(str, value, what)
-            return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and b in a, get, v))
-        raise QueryError(f"{what}: contains needs a str or list field, {path.dotted} is {_type_name(tp)}")
+        return Cond(path, op, value, _contains(alts, get, value, what, path))
     if op == "icontains":
-        v = _validate(str, value, what).casefold()
-        if elem is not None and _is_str(elem):
-            return Cond(
-                path, op, v,
-                _safe(lambda a, b: any(isinstance(x, str) and x.casefold() == b for x in a), get, v),
-            )  # fmt: skip
-        if _is_str(tp):
-            return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and b in a.casefold(), get, v))
-        raise QueryError(
-            f"{what}: icontains needs a str or list[str] field, {path.dotted} is {_type_name(tp)}"
-        )
+        if not any(_is_str(a) or _is_str(_element_of(a)) for a in alts):
+            raise QueryError(
+                f"{what}: icontains needs a str or list[str] field, {path.dotted} is {_type_name(tp)}"
+            )
+        folded: str = _validate(str, value, what).casefold()
+
+        def icontains(doc: Any) -> bool:
+            a = get(doc)
+            if isinstance(a, str):
+                return folded in a.casefold()
+            if isinstance(a, (list, tuple, set, frozenset)):
+                return any(isinstance(x, str) and x.casefold() == folded for x in a)
+            return False  # None, or another type (an Any field): no match, never an error
+
+        return Cond(path, op, folded, icontains)
     # startswith / endswith
     if not _is_str(tp):
         raise QueryError(f"{what}: {op} needs a str field, {path.dotted} is {_type_name(tp)}")
     v = _validate(str, value, what)
     method = str.startswith if op == "startswith" else str.endswith
     return Cond(path, op, v, _safe(lambda a, b: isinstance(a, str) and method(a, b), get, v))
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    """The types a value of ``tp`` may have: a union's members (nested ones too), without ``None``."""
+    base, _ = _strip_optional(tp)
+    if typing.get_origin(base) in (Union, types.UnionType):
+        return [alt for a in typing.get_args(base) for alt in _alternatives(a)]
+    return [base]
+
+
+def _contains(alts: list[Any], get: Getter, value: Any, what: str, path: FieldPath) -> Predicate:
+    """``value in`` the field's value. The argument is validated as each kind of value the field may
+    hold takes it: a ``str`` for a str, an item for a list (``tags__contains="5"`` on a
+    ``list[int]`` means ``5``; on a ``tuple[int, str]`` both ``5`` and ``"5"``), as it is for an
+    ``Any`` field. A document whose value does not take
+    the argument (``5 in "abc"``, an ``int`` in an ``Any`` field) does not match."""
+    args: list[Any] = []
+    error: QueryError | None = None
+
+    def take(tp: Any) -> None:
+        nonlocal error
+        try:
+            arg = _validate(tp, value, what)
+        except QueryError as exc:
+            error = error or exc
+            return
+        if not any(arg is a or (type(arg) is type(a) and _equal(arg, a)) for a in args):
+            args.append(arg)
+
+    if any(_is_str(a) and not _is_any(a) for a in alts):
+        take(str)
+    # Each item type on its own: validated against a union, "2" would stay a str for a
+    # tuple[int, str] (Pydantic's smart mode), and never find the int 2.
+    items = [t for a in alts if (e := _element_of(a)) is not None for t in _union_members(e)]
+    for t in dict.fromkeys(items):
+        take(t)
+    if any(_is_any(a) for a in alts):
+        args.append(value)
+    if not args:
+        if error is not None:
+            raise error
+        raise QueryError(
+            f"{what}: contains needs a str or list field, {path.dotted} is {_type_name(path.annotation)}"
+        )
+    if len(args) == 1:
+        (arg,) = args
+
+        def contains(doc: Any) -> bool:
+            v = get(doc)
+            if v is None:
+                return False
+            try:
+                return arg in v
+            except TypeError:  # a value that holds no such thing (5 in "abc", 5 in 7)
+                return False
+
+        return contains
+
+    def contains_any(doc: Any) -> bool:
+        v = get(doc)
+        if v is None:
+            return False
+        for a in args:
+            try:
+                if a in v:
+                    return True
+            except TypeError:
+                pass
+        return False
+
+    return contains_any
+
+
+def _union_members(tp: Any) -> list[Any]:
+    """The members of a union (nested ones too, ``None`` included), or ``[tp]``."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _union_members(a)]
+    return [tp]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _model_of_path(cls: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import heapq
 from collections import abc
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sized
+from functools import lru_cache
 from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .._tracking import same_value
 from ..engine.indexes import is_nan
 from ..exceptions import QueryError, UniqueViolation
-from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, resolve, resolve_path
+from .lookups import And, Cond, Node, Not, Q, no_condition, orderable, ordered_getter, resolve, resolve_path
 
 if TYPE_CHECKING:
     from ..document import Document
@@ -83,7 +86,8 @@ class QuerySet(Generic[D]):
         return self._and(Not(node))
 
     def order_by(self, *keys: str) -> QuerySet[D]:
-        """Sort by fields (``"-priority"`` descending, ``"caller__city"`` nested); ``None`` first."""
+        """Sort by fields (``"-priority"`` descending, ``"caller__city"`` nested); ``None`` first.
+        Members of a plain ``Enum`` sort by their ``.value``."""
         order = []
         model = self._manager.model
         for key in keys:
@@ -95,7 +99,7 @@ class QuerySet(Generic[D]):
             path = resolve_path(model, name.split("__"), what)
             if not orderable(path.annotation):
                 raise QueryError(f"{what}: {name} has no order; order by one of its fields or another field")
-            order.append((path.get, desc, name))
+            order.append((ordered_getter(path), desc, name))
         return self._clone(order=tuple(order))
 
     def limit(self, n: int) -> QuerySet[D]:
@@ -199,11 +203,11 @@ class QuerySet(Generic[D]):
             try:
                 # The primary key (sorted last) only has to place the first `stop` documents.
                 docs = _sorted(docs, get, desc, stop if i == last else None)
-            except TypeError:
+            except (TypeError, ArithmeticError):  # ArithmeticError: a Decimal NaN refuses `<`
                 # Values of several types that do not compare (a field typed int | str): by
-                # type name first, so the sort is still total and stable; values of one type
-                # that do not compare (a naive and an aware datetime, two dicts in an Any
-                # field) by their repr.
+                # kind first (_kind: numbers together, strs together, other types by name), so
+                # the sort is still total and stable; values of one kind that do not compare (a
+                # naive and an aware datetime, two dicts in an Any field) by their repr.
                 docs.sort(key=_lenient_sort_key(get), reverse=desc)
         if start or stop is not None:
             return docs[start:stop]
@@ -330,7 +334,7 @@ class _Held:
 
 
 def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
-    """``docs`` in a stable order of ``get(doc)``: ``None`` first, a float NaN (which compares with
+    """``docs`` in a stable order of ``get(doc)``: ``None`` first, a NaN (which compares with
     nothing) after every number, as in PostgreSQL; reversed when ``desc``. With ``stop``, only the
     first ``stop`` documents are returned.
 
@@ -346,6 +350,9 @@ def _sorted(docs: list[D], get: Any, desc: bool, stop: int | None) -> list[D]:
         if v is None:
             nones.append(doc)
         elif type(v) is float and v != v:
+            # (A Decimal NaN stays with the values: it raises InvalidOperation as soon as it is
+            # compared, and the lenient sort places it; checking every value for it would cost
+            # the common sort several percent.)
             nans.append(doc)
         else:
             rest.append(doc)
@@ -372,8 +379,23 @@ class _Lenient:
     def __lt__(self, other: _Lenient) -> bool:
         try:
             return bool(self.v < other.v)
-        except TypeError:
+        except (TypeError, ArithmeticError):
             return repr(self.v) < repr(other.v)
+
+
+@lru_cache(maxsize=256)
+def _kind(t: type[Any]) -> str:
+    """What a value of type ``t`` is grouped with when a field's values do not all compare: numbers
+    together, strs together (a str enum too), a list with the lists whether or not it is tracked
+    yet (a document loaded from the store holds plain ones until they are read), every other type
+    by its name. Values that do compare with each other stay in one group, so the order of two
+    documents does not depend on what a third one holds."""
+    if issubclass(t, (int, float, decimal.Decimal, fractions.Fraction)):
+        return "number"
+    for base in (str, bytes, list, tuple, dict, set, frozenset):
+        if issubclass(t, base):
+            return base.__name__
+    return t.__name__
 
 
 def _lenient_sort_key(get: Any) -> Any:
@@ -381,9 +403,9 @@ def _lenient_sort_key(get: Any) -> Any:
         v = get(doc)
         if v is None:
             return (0, "", _Lenient(0))
-        if type(v) is float and v != v:
+        if is_nan(v):
             return (2, "", _Lenient(0))
-        return (1, type(v).__name__, _Lenient(v))
+        return (1, _kind(v.__class__), _Lenient(v))
 
     return key
 

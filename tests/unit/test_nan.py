@@ -5,10 +5,12 @@ lookups answered wrong documents, and removed entries stayed (found by a review'
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from decimal import Decimal
+from typing import Annotated, Any
 
 import pytest
 from helpers import DbFactory
+from pydantic import Field
 
 from brainless_odm import Document, DocumentConfig, Indexed, Registry, Unique
 
@@ -74,3 +76,66 @@ async def test_nan_repeats_in_a_unique_field(make_db: DbFactory) -> None:
     objects.add(x=math.nan)  # the same object: NaN still equals nothing
     objects.add(x=float("nan"))
     assert len(objects) == 3
+
+
+@pytest.mark.parametrize("cls", [Indexed_, Plain])
+@pytest.mark.parametrize(
+    "lookups",
+    [{"x__gt": math.nan}, {"x__gte": math.nan}, {"x__lt": math.nan}, {"x__lte": math.nan},
+     {"x__range": (math.nan, 5.0)}, {"x__range": (0.0, math.nan)}],
+)  # fmt: skip
+async def test_a_nan_bound_matches_nothing(
+    make_db: DbFactory, cls: type[Indexed_ | Plain], lookups: dict[str, float]
+) -> None:
+    """Nothing is above or below NaN. The sorted index placed a NaN bound at its start, so that
+    ``x__gte=nan`` and ``x__range=(nan, 5)`` on an indexed field matched every number."""
+    db = await make_db(cls)
+    objects = cls.objects.using(db)
+    for n, x in enumerate(XS):
+        objects.add(x=x, n=n)
+    assert await objects.filter(**lookups) == []
+    assert await objects.filter(**lookups).count() == 0
+
+
+NaNDecimal = Annotated[Decimal | None, Field(allow_inf_nan=True)]
+
+
+class Decimals(Document):
+    model_config = DocumentConfig(registry=REG, collection="decimals")
+    d: NaNDecimal = None
+    di: Annotated[NaNDecimal, Indexed()] = None
+    du: Annotated[NaNDecimal, Unique()] = None
+    a: Any = None
+    n: int = 0
+
+
+async def test_a_decimal_nan_is_a_nan_too(make_db: DbFactory) -> None:
+    """``Decimal("NaN") < 1`` raises ``decimal.InvalidOperation``, not ``TypeError``: a range lookup
+    or ``order_by`` over a Decimal NaN (a field with ``allow_inf_nan=True``, or an ``Any`` field)
+    raised it at query time, and adding one to an indexed field whose sorted index was built
+    raised it from ``add()``."""
+    db = await make_db(Decimals)
+    objects = Decimals.objects.using(db)
+    values = ["2", "NaN", "1", None, "NaN", "3"]
+    assert await objects.filter(di__gt=0).count() == 0  # builds the sorted index first
+    for n, v in enumerate(values):
+        x = None if v is None else Decimal(v)
+        objects.add(n=n, d=x, di=x, du=x, a=x)  # NaN repeats in a unique field
+    for field in ("d", "di", "du", "a"):
+
+        async def ns(**lookups: Any) -> list[int]:
+            return sorted(doc.n for doc in await objects.filter(**lookups))
+
+        assert await ns(**{f"{field}__gt": 1}) == [0, 5]
+        assert await ns(**{f"{field}__lte": Decimal(2)}) == [0, 2]
+        assert await ns(**{f"{field}__range": (1, 3)}) == [0, 2, 5]
+        assert await ns(**{f"{field}__in": [Decimal(1), Decimal(3)]}) == [2, 5]
+        assert [doc.n for doc in await objects.order_by(field, "n")] == [3, 2, 0, 5, 1, 4]
+        assert [doc.n for doc in await objects.order_by(f"-{field}", "n")] == [1, 4, 5, 0, 2, 3]
+        assert [doc.n for doc in await objects.order_by(field, "n").limit(1)] == [3]
+    assert await objects.filter(a=Decimal("NaN")).count() == 0  # equal to nothing
+    assert await objects.filter(a__in=[Decimal("NaN")]).count() == 0
+    lone = await make_db(Decimals, namespace="lone")
+    Decimals.objects.using(lone).add(n=0, d=Decimal("NaN"), a=math.nan)
+    Decimals.objects.using(lone).add(n=1, a=Decimal("NaN"))
+    assert len(await Decimals.objects.using(lone).order_by("a", "d")) == 2

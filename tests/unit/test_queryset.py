@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Annotated, Any
 
 import pytest
@@ -14,6 +16,7 @@ from brainless_odm import (
     Document,
     DocumentConfig,
     Indexed,
+    MemoryStore,
     MultipleObjectsReturned,
     Q,
     QueryError,
@@ -197,9 +200,14 @@ class Painted(Base):
     size: Size = Size.s
     caller: Caller | None = None
     meta: dict[str, int] = Field(default_factory=dict)
+    mapping: Mapping[str, int] = Field(default_factory=dict)  # a dict, as typed by an abc
+    bag: AbstractSet[int] = frozenset()  # sets compare as subsets: no order to sort by
+    records: Sequence[dict[str, int]] = ()
 
 
-@pytest.mark.parametrize("key", ["caller", "-caller", "color", "meta"])
+# mapping, bag and records were accepted: order_by gave an arbitrary order, and mapping__gt={}
+# matched nothing, silently
+@pytest.mark.parametrize("key", ["caller", "-caller", "meta", "mapping", "bag", "records"])
 async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactory, key: str) -> None:
     db = await make_db(Painted)
     objects = Painted.objects.using(db)
@@ -210,7 +218,15 @@ async def test_order_by_a_field_without_order_is_a_query_error(make_db: DbFactor
 
 
 @pytest.mark.parametrize(
-    "lookups", [{"color__gt": "red"}, {"caller__lt": {"number": "1"}}, {"color__range": ("red", "red")}]
+    "lookups",
+    [
+        {"meta__gt": {"a": 1}},
+        {"caller__lt": {"number": "1"}},
+        {"meta__range": ({}, {"a": 1})},
+        {"mapping__gt": {}},
+        {"bag__lt": {1, 2}},
+        {"records__gte": [{"a": 1}]},
+    ],
 )
 async def test_comparing_a_field_without_order_is_a_query_error(
     make_db: DbFactory, lookups: dict[str, Any]
@@ -480,3 +496,32 @@ async def test_ordering_values_of_several_types_groups_them_by_type(make_db: DbF
         objects.add(code=code)
     assert [d.code for d in await objects.order_by("code")] == [1, 2, "a", "b"]
     assert [d.code for d in await objects.order_by("-code")] == ["b", "a", 2, 1]
+
+
+class Anything(Base):
+    n: int = 0
+    data: Any = None
+
+
+ANYTHING: list[Any] = [[1, 2], "b", 5, {"a": 1}, 2.5, False, None, "a", [0], 1, {"b": 0}]
+
+
+async def test_values_that_do_not_all_compare_sort_the_same_on_every_node(make_db: DbFactory) -> None:
+    """Grouped by kind: numbers together (by value), strs together, lists with lists whether the
+    document tracks them yet or not. Tracked containers sorted as "TrackedDict"/"TrackedList"
+    (before every lowercase type name) on the node that added them, as "dict"/"list" on a node that
+    loaded them; and bool, float and int values were three groups, ordered by value only when no
+    other type was in the field."""
+    store = MemoryStore()
+    a = await make_db(Anything, store=store)
+    for n, v in enumerate(ANYTHING):
+        Anything.objects.using(a).add(n=n, data=v)
+    await a.flush()
+    b = await make_db(Anything, store=store, location="b")
+    expected = [6, 3, 10, 8, 0, 5, 9, 4, 2, 7, 1]  # None; dicts; lists; numbers; strs
+    for db in (a, b):
+        objects = Anything.objects.using(db)
+        assert [d.n for d in await objects.order_by("data")] == expected
+        assert [d.n for d in await objects.order_by("-data")] == [1, 7, 2, 4, 9, 5, 0, 8, 10, 3, 6]
+        numbers = await objects.filter(n__in=[2, 4, 5, 9]).order_by("data")
+        assert [d.n for d in numbers] == [5, 9, 4, 2]  # as they sort with nothing else about
