@@ -58,7 +58,10 @@ def encode(
 ) -> bytes:
     """The bytes stored for ``doc`` (``create``: by the write that creates it; ``on``: the
     revision its compare-and-set expects)."""
-    body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=type(doc).__odm__.not_stored)
+    info = type(doc).__odm__
+    body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=info.not_stored)
+    if info.nested_nan_as_null and b"null" in body:
+        _refuse_nested_nonfinite(doc)
     meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed), create)
     if on is not None:
         meta += b'"on":%d,' % on
@@ -67,6 +70,50 @@ def encode(
         return b'{"_odm":' + meta + b"}"
     return body[:-1] + b',"_odm":' + meta + b"}"
 
+
+def _refuse_nested_nonfinite(doc: Document) -> None:
+    """A NaN or infinity inside a nested model whose own config writes it to JSON as ``null``
+    (Pydantic's default; the document's ``ser_json_inf_nan="strings"`` does not reach into nested
+    models): stored, no node could load the document back. ``ValueError`` naming where it is."""
+    for name in type(doc).__odm__.data_fields:
+        found = _nonfinite_in(doc.__dict__.get(name), name, None)
+        if found is not None:
+            path, value, model = found
+            raise ValueError(
+                f"{path} is {value!r}: {model.__name__} writes NaN and infinities to JSON as null, "
+                "which no node can load back into a float. Give it "
+                f"model_config = ConfigDict(ser_json_inf_nan='strings'), or keep them out of it"
+            )
+
+
+def _nonfinite_in(value: Any, path: str, model: type | None) -> tuple[str, float, type] | None:
+    """The first non-finite float in ``value`` written by ``model``'s JSON config as null."""
+    if isinstance(value, float):
+        if model is not None and (value != value or value in (_INF, -_INF)):
+            return path, value, model
+        return None
+    fields = getattr(value, "__pydantic_fields__", None)
+    if fields is not None:  # a Pydantic model or dataclass: its own config decides
+        config = getattr(value, "model_config", None) or getattr(value, "__pydantic_config__", None) or {}
+        inner = None if config.get("ser_json_inf_nan") == "strings" else type(value)
+        items: Iterable[tuple[Any, Any]] = ((n, getattr(value, n, None)) for n in fields)
+        return _first(items, path, inner)
+    if isinstance(value, dict):
+        return _first(value.items(), path, model)
+    if isinstance(value, list | tuple | set | frozenset):
+        return _first(enumerate(value), path, model)
+    return None
+
+
+def _first(items: Iterable[tuple[Any, Any]], path: str, model: type | None) -> tuple[str, float, type] | None:
+    for k, v in items:
+        found = _nonfinite_in(v, f"{path}.{k}", model)
+        if found is not None:
+            return found
+    return None
+
+
+_INF = float("inf")
 
 _META_HEADS: dict[tuple[str, frozenset[str], bool], bytes] = {}
 

@@ -79,6 +79,9 @@ class DocumentInfo:
     # What a stored value leaves out: the uuid (it is the key) and computed fields (derived on
     # every read; stored, they would be unknown members to the reader).
     not_stored: set[str] = field(default_factory=lambda: {"uuid"})
+    # A nested model (or dataclass, TypedDict) that can hold a float writes NaN and infinities as
+    # null by its own config: encode refuses those values instead of storing what cannot load.
+    nested_nan_as_null: bool = False
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -112,6 +115,25 @@ def _validated_fields(cls: type[BaseModel], data_fields: tuple[str, ...]) -> fro
     if "*" in names:
         return frozenset(data_fields)
     return frozenset(names) & frozenset(data_fields)
+
+
+def _nested_nan_as_null(cls: type[BaseModel]) -> bool:
+    """Whether the document's schema holds a model, dataclass or TypedDict of its own whose JSON
+    config writes NaN and infinities as null (Pydantic's default; a document writes them as strings,
+    but its config does not reach into nested models) and that can hold a float there."""
+    stack: list[tuple[Any, bool]] = [(cls.__pydantic_core_schema__, False)]
+    while stack:
+        node, inside = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("model", "dataclass", "typed-dict") and node.get("cls") is not cls:
+                inside = (node.get("config") or {}).get("ser_json_inf_nan") != "strings"
+            if inside and kind in ("float", "any", "definition-ref"):
+                return True  # a float there, or what may hold one
+            stack.extend((v, inside) for k, v in node.items() if k not in ("cls", "metadata"))
+        elif isinstance(node, list | tuple):
+            stack.extend((v, inside) for v in node)
+    return False
 
 
 def _derives(cls: type[BaseModel]) -> bool:
@@ -305,6 +327,7 @@ class DocumentMeta(ModelMetaclass):
             validated=_validated_fields(doc_cls, data_fields),
             derives=_derives(doc_cls),
             not_stored={"uuid", *doc_cls.__pydantic_computed_fields__},
+            nested_nan_as_null=_nested_nan_as_null(doc_cls),
         )
         doc_cls.__odm__ = info
         for name in tracked:

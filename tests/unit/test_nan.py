@@ -9,10 +9,10 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import pytest
-from helpers import DbFactory
-from pydantic import Field
+from helpers import DbFactory, wait_for
+from pydantic import BaseModel, ConfigDict, Field
 
-from brainless_odm import Document, DocumentConfig, Indexed, Registry, Unique
+from brainless_odm import Document, DocumentConfig, FlushError, Indexed, MemoryStore, Registry, Unique
 
 REG = Registry()
 
@@ -139,3 +139,86 @@ async def test_a_decimal_nan_is_a_nan_too(make_db: DbFactory) -> None:
     Decimals.objects.using(lone).add(n=0, d=Decimal("NaN"), a=math.nan)
     Decimals.objects.using(lone).add(n=1, a=Decimal("NaN"))
     assert len(await Decimals.objects.using(lone).order_by("a", "d")) == 2
+
+
+class Sub(BaseModel):
+    f: float
+    fs: list[float] = Field(default_factory=list)
+    note: str | None = None
+
+
+class StringsSub(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    f: float
+
+
+class Holder(Document):
+    model_config = DocumentConfig(registry=REG, collection="holder")
+    sub: Sub | None = None
+    subs: dict[str, Sub] = Field(default_factory=dict)
+    ok: StringsSub | None = None
+    top: list[float] = Field(default_factory=list)
+
+
+class NoFloats(Document):
+    model_config = DocumentConfig(registry=REG, collection="no_floats")
+    sub: StringsSub | None = None
+    name: str = ""
+
+
+def test_only_nested_models_that_write_nan_as_null_and_hold_floats_are_checked() -> None:
+    assert Holder.__odm__.nested_nan_as_null
+    assert not NoFloats.__odm__.nested_nan_as_null
+    assert not Plain.__odm__.nested_nan_as_null
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"sub": Sub(f=math.nan)}, "sub.f"),
+        ({"sub": Sub(f=1.0, fs=[2.0, -math.inf])}, "sub.fs.1"),
+        ({"subs": {"a": Sub(f=1.0), "b": Sub(f=math.inf)}}, "subs.b.f"),
+    ],
+)
+async def test_a_nan_a_nested_model_would_write_as_null_is_refused_not_stored(
+    make_db: DbFactory, values: dict[str, Any], path: str
+) -> None:
+    """Pydantic writes a nested model's NaN as null by the model's own config (the document's
+    "strings" does not reach into it): stored, every node refused the document and moved it to the
+    dead letters. The write fails alone with the place named; nothing is stored; a fix is written."""
+    store = MemoryStore()
+    db = await make_db(Holder, store=store, flush_interval=3600)
+    doc = Holder.objects.using(db).add(**values)
+    with pytest.raises(FlushError) as caught:
+        await db.flush()
+    [(_, key, exc)] = caught.value.failures
+    assert key == doc.uuid
+    assert isinstance(exc, ValueError)
+    assert f"{path} is " in str(exc)
+    assert "ser_json_inf_nan='strings'" in str(exc)
+    other = await make_db(Holder, store=store, location="other")
+    assert list(Holder.objects.using(other)) == []
+    assert await other.dead_letters() == []
+    assert doc.is_dirty
+    doc.sub, doc.subs = Sub(f=1.0), {}
+    await db.flush()
+    await wait_for(lambda: len(Holder.objects.using(other)) == 1)
+
+
+async def test_nan_stores_where_json_keeps_it(make_db: DbFactory) -> None:
+    """The document's own fields and a nested model configured with "strings" keep NaN and
+    infinities; a nested float model with None and finite values is written as usual."""
+    store = MemoryStore()
+    db = await make_db(Holder, store=store, flush_interval=3600)
+    Holder.objects.using(db).add(
+        sub=Sub(f=1.5, fs=[0.0]), ok=StringsSub(f=math.nan), top=[math.inf, math.nan]
+    )
+    await db.flush()
+    other = await make_db(Holder, store=store, location="other")
+    [loaded] = list(Holder.objects.using(other))
+    assert loaded.sub == Sub(f=1.5, fs=[0.0])
+    assert loaded.sub.note is None
+    assert loaded.ok is not None
+    assert math.isnan(loaded.ok.f)
+    assert loaded.top[0] == math.inf
+    assert math.isnan(loaded.top[1])
