@@ -517,7 +517,7 @@ class Collection(Generic[D]):
                     mark_dirty(doc, self.info.data_fields)
                     edited = doc._odm_dirty
                 restore_only = frozenset(f for f in self.info.data_fields if f not in edited)
-                _slot_rev(doc, entry.revision)
+                self._over_unreadable(key, doc, entry.revision)
                 mark_dirty(doc, restore_only)
                 self.restoring[key] = restore_only
                 self._changed(key)
@@ -541,6 +541,19 @@ class Collection(Generic[D]):
             self._merge(doc, remote, entry.revision, stored=entry.value)
         else:
             self._merge(doc, remote, entry.revision, donor=True, stored=entry.value)
+
+    def _over_unreadable(self, key: str, doc: D, revision: int) -> None:
+        """``doc`` is written over the unreadable version at ``revision`` (a compare-and-set on it).
+
+        A document added here and never stored stays one (``_odm_rev`` 0, the revision as its
+        ``base``): a delete marker after it is not a delete of this document but a removal of the
+        bytes (another node's dead letter), and its create meets it as a conflict and re-creates,
+        as over any marker. Holding the unreadable revision as the one it was made on, the node
+        took such a marker for a delete and dropped the add, unwritten and without an error."""
+        if doc._odm_rev:
+            _slot_rev(doc, revision)
+        else:
+            self.base[key] = revision
 
     def _landed(self, key: str, doc: D, entry: Entry) -> None:
         """The echo (or the stored version) of our write whose outcome we never learnt (ack lost,
@@ -1083,7 +1096,7 @@ class Collection(Generic[D]):
                 return False
             if key in self.unknown:
                 self.unknown_gap.add(key)
-            _slot_rev(doc, entry.revision)  # unreadable there: our version replaces it
+            self._over_unreadable(key, doc, entry.revision)  # our version replaces it
             return False
         if key in self.unknown:
             self._follow_chain(key, doc, entry.value)

@@ -331,9 +331,11 @@ async def run_step(world: World, step: tuple[Any, ...]) -> None:
     elif kind == "delete":
         doc = world.pick(node, step[2])
         if doc is not None:
-            if doc._odm_rev:  # a stored version: the delete must be stored too
-                world.deleted[node][doc.uuid or ""] = await world.backend.last_revision()
-            objects.delete(doc)
+            # What the node had seen when it deleted: taken at once (the node's watch may apply
+            # another node's delete of it during an await, and then this one deletes nothing).
+            seen = max(doc._odm_rev, world.nodes[node].collection(Item).applied)
+            if objects.delete(doc) and doc._odm_rev:  # a stored version: the delete is stored too
+                world.deleted[node][doc.uuid or ""] = seen
     elif kind == "flush":
         await flush(world, node, step[2])
     elif kind == "restart":

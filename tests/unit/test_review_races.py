@@ -556,6 +556,27 @@ async def test_an_unwritten_add_meeting_an_unreadable_version_of_its_key_is_stil
     await wait_for(lambda: Ticket.objects.using(b)["same"].note == "from a", what="b to take a's create")
 
 
+async def test_an_unwritten_add_survives_another_node_removing_unreadable_bytes_under_its_key(
+    nodes: Nodes,
+) -> None:
+    # Found by the model test on nats-server: a adds a uuid nobody else holds, then something
+    # unreadable lands under it before a wrote. b, which holds no such document, moves the bytes
+    # to its dead letters and removes them (a delete marker). a took that marker for a delete of
+    # its document (it held the unreadable revision as the one it was made on) and dropped the
+    # add: never written, gone without an error.
+    a, _b, store = nodes
+    mine = Ticket.objects.using(a).add(Ticket(uuid="fresh", note="from a", priority=7))
+    await store.bucket("test-ticket").put_raw("fresh", b"not json")
+    await settle()  # b's dead letter removes the bytes; a applies that marker too
+    assert store.bucket("test-ticket")._latest["fresh"].value in (b"", None)
+    assert Ticket.objects.using(a)["fresh"] is mine
+    await a.flush()
+    await settle()
+    ticket = stored(store, "fresh")
+    assert ticket is not None
+    assert (ticket.note, ticket.priority) == ("from a", 7)
+
+
 async def test_an_edit_made_after_an_unreadable_version_arrived_survives_another_restore(
     nodes: Nodes,
 ) -> None:
