@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json, to_json
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ def encode(
     body: bytes = doc.__pydantic_serializer__.to_json(doc, exclude=info.not_stored)
     if info.nested_nan_as_null and b"null" in body:
         _refuse_nested_nonfinite(doc)
+    if info.nan_may_load_as_text and (b'"NaN"' in body or b'Infinity"' in body):
+        _refuse_nonfinite_as_text(doc, body)
     meta = _meta_head(location, changed if isinstance(changed, frozenset) else frozenset(changed), create)
     if on is not None:
         meta += b'"on":%d,' % on
@@ -79,11 +81,84 @@ def _refuse_nested_nonfinite(doc: Document) -> None:
         found = _nonfinite_in(doc.__dict__.get(name), name, None)
         if found is not None:
             path, value, model = found
+            config = "ConfigDict(ser_json_inf_nan='strings')"
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                how = f"model_config = {config}"
+            else:  # a Pydantic dataclass
+                how = f"@dataclass(config={config})"
             raise ValueError(
                 f"{path} is {value!r}: {model.__name__} writes NaN and infinities to JSON as null, "
-                "which no node can load back into a float. Give it "
-                f"model_config = ConfigDict(ser_json_inf_nan='strings'), or keep them out of it"
+                f"which no node can load back into a float. Give it {how}, or keep them out of it"
             )
+
+
+def _refuse_nonfinite_as_text(doc: Document, body: bytes) -> None:
+    """A NaN or infinity in an ``Any``/``object`` field or a union, stored as the string "NaN" or
+    "Infinity", that loads back as that string: this node would hold a float and every other
+    (and this one after a restart) a string, answering queries differently. ``ValueError`` naming
+    where it is. Checked by loading ``body`` as a node does (only when it holds such a string)."""
+    cls = type(doc)
+    try:
+        back = decode_fields(cls, body)
+    except ValidationError as exc:
+        raise ValueError(f"{cls.__name__} as stored would not load back: {exc}") from None
+    for name in cls.__odm__.data_fields:
+        found = _nonfinite_lost(doc.__dict__.get(name), back.__dict__.get(name), name)
+        if found is not None:
+            path, value, loaded = found
+            text = to_json(value, inf_nan_mode="strings").decode()
+            raise ValueError(
+                f"{path} is {value!r}: stored as the JSON string {text}, "
+                f"it loads back as {loaded!r} (a {type(loaded).__name__}), not as a float. Hold it "
+                "in a float field, or keep NaN and infinities out of it"
+            )
+
+
+def _nonfinite_lost(value: Any, back: Any, path: str) -> tuple[str, float, Any] | None:
+    """The first non-finite float in ``value`` that ``back`` (``value`` as loaded) holds as
+    something else, found by walking both alike."""
+    if isinstance(value, float):
+        if _finite(value):
+            return None
+        if isinstance(back, float) and (back == value or (value != value and back != back)):
+            return None
+        return path, value, back
+    fields = getattr(value, "__pydantic_fields__", None)
+    if fields is not None:
+        pairs: Iterable[tuple[Any, Any, Any]] = (
+            (n, getattr(value, n, None), getattr(back, n, None)) for n in fields
+        )
+    elif isinstance(value, dict):
+        loaded = list(back.values()) if isinstance(back, dict) else []
+        pairs = ((k, v, loaded[i] if i < len(loaded) else None) for i, (k, v) in enumerate(value.items()))
+    elif isinstance(value, list | tuple):
+        loaded = list(back) if isinstance(back, list | tuple) else []
+        pairs = ((i, v, loaded[i] if i < len(loaded) else None) for i, v in enumerate(value))
+    elif isinstance(value, set | frozenset):
+        # Unordered: every non-finite float must come back as one.
+        odd = [v for v in value if isinstance(v, float) and not _finite(v)]
+        kept = (
+            [v for v in back if isinstance(v, float) and not _finite(v)]
+            if isinstance(back, set | frozenset)
+            else []
+        )
+        if len(odd) > len(kept):
+            texts = (
+                [v for v in back if not isinstance(v, float)] if isinstance(back, set | frozenset) else [back]
+            )
+            return path, odd[0], texts[0] if texts else back
+        return None
+    else:
+        return None
+    for k, v, b in pairs:
+        found = _nonfinite_lost(v, b, f"{path}.{k}")
+        if found is not None:
+            return found
+    return None
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (_INF, -_INF)
 
 
 def _nonfinite_in(value: Any, path: str, model: type | None) -> tuple[str, float, type] | None:

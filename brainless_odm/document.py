@@ -82,6 +82,9 @@ class DocumentInfo:
     # A nested model (or dataclass, TypedDict) that can hold a float writes NaN and infinities as
     # null by its own config: encode refuses those values instead of storing what cannot load.
     nested_nan_as_null: bool = False
+    # An ``Any``/``object`` field or a union somewhere: a NaN or infinity stored there as the string
+    # "NaN"/"Infinity" may load back as that string. encode refuses those values.
+    nan_may_load_as_text: bool = False
     _adapters: dict[str, TypeAdapter[Any]] = field(default_factory=dict)
 
     @property
@@ -133,6 +136,22 @@ def _nested_nan_as_null(cls: type[BaseModel]) -> bool:
             stack.extend((v, inside) for k, v in node.items() if k not in ("cls", "metadata"))
         elif isinstance(node, list | tuple):
             stack.extend((v, inside) for v in node)
+    return False
+
+
+def _loose_schema(cls: type[BaseModel]) -> bool:
+    """Whether the document's schema has a place that takes a JSON string as something other
+    than a float (``Any``, ``object``, a union) where a float may be: a NaN or infinity the
+    document writes there as ``"NaN"``/``"Infinity"`` may then load back as that string."""
+    stack: list[Any] = [cls.__pydantic_core_schema__]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") in ("any", "union", "tagged-union"):
+                return True
+            stack.extend(v for k, v in node.items() if k not in ("cls", "metadata"))
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
     return False
 
 
@@ -328,6 +347,7 @@ class DocumentMeta(ModelMetaclass):
             derives=_derives(doc_cls),
             not_stored={"uuid", *doc_cls.__pydantic_computed_fields__},
             nested_nan_as_null=_nested_nan_as_null(doc_cls),
+            nan_may_load_as_text=_loose_schema(doc_cls),
         )
         doc_cls.__odm__ = info
         for name in tracked:

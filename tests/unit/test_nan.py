@@ -136,9 +136,13 @@ async def test_a_decimal_nan_is_a_nan_too(make_db: DbFactory) -> None:
     assert await objects.filter(a=Decimal("NaN")).count() == 0  # equal to nothing
     assert await objects.filter(a__in=[Decimal("NaN")]).count() == 0
     lone = await make_db(Decimals, namespace="lone")
-    Decimals.objects.using(lone).add(n=0, d=Decimal("NaN"), a=math.nan)
-    Decimals.objects.using(lone).add(n=1, a=Decimal("NaN"))
+    added = [
+        Decimals.objects.using(lone).add(n=0, d=Decimal("NaN"), a=math.nan),
+        Decimals.objects.using(lone).add(n=1, a=Decimal("NaN")),
+    ]
     assert len(await Decimals.objects.using(lone).order_by("a", "d")) == 2
+    for doc in added:  # a float NaN in an Any field is not stored (it would load back as "NaN")
+        Decimals.objects.using(lone).delete(doc)
 
 
 class Sub(BaseModel):
@@ -222,3 +226,74 @@ async def test_nan_stores_where_json_keeps_it(make_db: DbFactory) -> None:
     assert math.isnan(loaded.ok.f)
     assert loaded.top[0] == math.inf
     assert math.isnan(loaded.top[1])
+
+
+class Loose(Document):
+    model_config = DocumentConfig(registry=REG, collection="loose")
+    any_: Any = None
+    obj: object = None
+    either: float | str = 0.0
+    number: int | float = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+    items: list[Any] = Field(default_factory=list)
+    bag: frozenset[Any] = frozenset()
+    x: float = 0.0
+    note: str = ""
+
+
+def test_only_documents_with_any_object_or_unions_are_checked_for_nan_as_text() -> None:
+    assert Loose.__odm__.nan_may_load_as_text
+    assert not Plain.__odm__.nan_may_load_as_text
+    assert not Once.__odm__.nan_may_load_as_text  # float | None is no union of kinds
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"any_": math.nan}, "any_"),
+        ({"obj": -math.inf}, "obj"),
+        ({"either": math.inf}, "either"),
+        ({"extra": {"ok": 1.0, "bad": math.nan}}, "extra.bad"),
+        ({"items": [1, [2.0, math.inf]]}, "items.1.1"),
+        ({"bag": frozenset({1, math.nan})}, "bag"),
+    ],
+)
+async def test_a_nan_that_would_load_back_as_text_is_refused_not_stored(
+    make_db: DbFactory, values: dict[str, Any], path: str
+) -> None:
+    """An Any/object field or a union takes the stored string "NaN" back as that string: the
+    writer held a float, every other node (and the writer after a restart) a str, and a query
+    such as ``any___gt=1`` answered differently by node. The write fails alone, naming the place."""
+    store = MemoryStore()
+    db = await make_db(Loose, store=store, flush_interval=3600)
+    doc = Loose.objects.using(db).add(**values)
+    with pytest.raises(FlushError) as caught:
+        await db.flush()
+    [(_, key, exc)] = caught.value.failures
+    assert key == doc.uuid
+    assert isinstance(exc, ValueError)
+    assert str(exc).startswith(f"{path} is ")
+    assert "not as a float" in str(exc)
+    other = await make_db(Loose, store=store, location="other")
+    assert list(Loose.objects.using(other)) == []
+    assert doc.is_dirty
+    for name in values:
+        setattr(doc, name, Loose.model_fields[name].get_default(call_default_factory=True))
+    await db.flush()
+    await wait_for(lambda: len(Loose.objects.using(other)) == 1)
+
+
+async def test_nan_in_a_document_with_loose_fields_stores_where_it_loads_back_as_a_float(
+    make_db: DbFactory,
+) -> None:
+    """A float field, a union of numbers, and the text "NaN" in a str or Any field are stored as
+    they are (the check loads the value back only when it holds such a string)."""
+    store = MemoryStore()
+    db = await make_db(Loose, store=store, flush_interval=3600)
+    Loose.objects.using(db).add(x=math.nan, number=math.inf, note="NaN", any_="Infinity", items=["NaN"])
+    await db.flush()
+    other = await make_db(Loose, store=store, location="other")
+    [loaded] = list(Loose.objects.using(other))
+    assert math.isnan(loaded.x)
+    assert loaded.number == math.inf
+    assert (loaded.note, loaded.any_, loaded.items) == ("NaN", "Infinity", ["NaN"])
