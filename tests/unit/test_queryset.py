@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import pytest
 from helpers import DbFactory
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from brainless_odm import (
     Database,
@@ -134,6 +134,28 @@ async def test_string_values_are_validated_against_the_field_type(db: Database) 
     assert await idset(objects.filter(priority="5")) == {"c1", "C4"}
     assert await idset(objects.filter(priority__in=["1", "9"])) == {"c2", "c3"}
     assert await idset(objects.filter(priority__range=("1", "5"))) == {"c1", "c2", "C4"}
+
+
+class Bounded(Base):
+    level: Annotated[int, Field(ge=0, le=10)] = 0
+    email: Annotated[str, AfterValidator(str.lower), Field(max_length=20)] = ""
+
+
+async def test_lookup_values_are_validated_against_the_type_not_its_constraints(make_db: DbFactory) -> None:
+    """A bound outside the field's constraints is a fine bound, an equal value outside them matches
+    nothing, and a validator that changes the value is not run: the value is queried as stored."""
+    db = await make_db(Bounded)
+    objects = Bounded.objects.using(db)
+    objects.add(level=0, email="A@Example.COM")
+    objects.add(level=10, email="b@example.com")
+    assert await objects.filter(level__gt=-1).count() == 2
+    assert await objects.filter(level__lt=11).count() == 2
+    assert await objects.filter(level=-1).count() == 0
+    assert await objects.filter(email="a@example.com").count() == 1
+    assert await objects.filter(email="A@Example.COM").count() == 0
+    assert await objects.filter(email="x" * 30).count() == 0
+    with pytest.raises(QueryError):
+        objects.filter(level="high")
 
 
 @pytest.mark.parametrize(
