@@ -231,9 +231,10 @@ class Bucket(Protocol):
         """Apply ``ops`` (pipelined where the store can), one result per op, in order."""
         ...
 
-    async def purge_deletes(self) -> None:
-        """Drop delete markers (housekeeping); optional to do anything, and when is up to the store
-        (NATS keeps markers younger than 30 minutes, memory drops them all)."""
+    async def purge_deletes(self, older_than: float = 30 * 60) -> None:
+        """Drop delete and purge markers older than ``older_than`` seconds, and what they hide
+        (housekeeping): recent ones stay, so a watcher briefly behind still sees the delete. After
+        this, such a key reads as never written."""
         ...
 
 

@@ -69,6 +69,7 @@ class MemoryBucket:
         self._latest: dict[str, Entry] = {}
         # Superseded entries still retained (``history`` > 1), oldest first: what a watch replays.
         self._older: dict[str, deque[Entry]] = {}
+        self._marked: dict[str, float] = {}  # key -> when its latest entry, a marker, was written
         self._keep = max(config.history, 1) - 1
         self._revision = 0
         self._msg_ids: dict[str, tuple[float, int]] = {}
@@ -144,6 +145,10 @@ class MemoryBucket:
                 older = self._older[key] = deque(maxlen=self._keep)
             older.append(prev)
         self._latest[key] = entry
+        if op is Operation.PUT:
+            self._marked.pop(key, None)
+        else:
+            self._marked[key] = time.time()  # when the key's marker was written (purge_deletes)
         for q in self._watchers:
             q.put_nowait(entry)
         if self._ttl is not None:
@@ -201,6 +206,7 @@ class MemoryBucket:
         if latest is not None and latest.revision == rev:
             del self._latest[key]
             self._older.pop(key, None)
+            self._marked.pop(key, None)
             return latest
         older = self._older.get(key)
         if older and older[0].revision == rev:
@@ -263,12 +269,16 @@ class MemoryBucket:
         self._check()
         return self._append(key, value, Operation.PUT)
 
-    async def purge_deletes(self) -> None:
+    async def purge_deletes(self, older_than: float = 30 * 60) -> None:
+        """Remove delete/purge markers older than ``older_than`` seconds, and what they hide (as
+        the NATS store: recent markers stay, so a watcher briefly behind still sees the delete)."""
         self._check()  # a deleted bucket is BucketNotFound here too, as on NATS
+        cutoff = time.time() - older_than
         for key, entry in list(self._latest.items()):
-            if entry.operation is not Operation.PUT:
+            if entry.operation is not Operation.PUT and self._marked.get(key, 0.0) <= cutoff:
                 del self._latest[key]
                 self._older.pop(key, None)
+                self._marked.pop(key, None)
 
     def _delete(self) -> None:
         """Deleted: the data goes, watches end with ``BucketNotFound``, every call fails with it

@@ -420,19 +420,6 @@ async def test_server_restart_mid_writes(tmp_path: Path) -> None:
         await server.stop()
 
 
-async def test_purge_deletes_drops_old_markers(bucket: NatsBucket) -> None:
-    await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"2")])
-    await bucket.write([WriteOp("a", None)])
-    await bucket.purge_deletes(older_than=3600)  # recent markers are kept
-    marker = await bucket.get("a")
-    assert marker is not None
-    assert marker.operation is Operation.DELETE
-    await bucket.purge_deletes(older_than=0)
-    assert await bucket.get("a") is None
-    assert (await bucket.get("b")) is not None
-    assert isinstance((await bucket.write([WriteOp("a", b"new", expected_revision=0)]))[0], int)
-
-
 async def test_bucket_without_direct_get_still_works(
     store: NatsKVStore, nats_client: Client, brainless_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -752,7 +739,7 @@ async def test_a_recreated_bucket_is_the_same_to_old_handles(
     with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
         await anext(bucket.watch(0))
     with pytest.raises(BucketNotFound, match=f"^{re.escape(gone_message)}$"):
-        await bucket.purge_deletes()  # memory: did nothing, quietly
+        await bucket.purge_deletes()
     assert name not in await any_store.list_buckets()
 
     fresh = await other.open_bucket(name, BucketConfig(history=2))
@@ -992,3 +979,17 @@ async def test_a_watch_its_owner_closes_while_it_starts_just_ends(
     monkeypatch.undo()
     assert len(nats_client._subs) == subs
     assert bucket._watches == set()
+
+
+async def test_purge_deletes_drops_old_markers(any_store: KVStore, brainless_namespace: str) -> None:
+    bucket = await any_store.open_bucket(f"{brainless_namespace}-purge", BucketConfig())
+    await bucket.write([WriteOp("a", b"1"), WriteOp("b", b"2")])
+    await bucket.write([WriteOp("a", None)])
+    await bucket.purge_deletes(older_than=3600)  # recent markers are kept
+    marker = await bucket.get("a")
+    assert marker is not None
+    assert marker.operation is Operation.DELETE
+    await bucket.purge_deletes(older_than=0)
+    assert await bucket.get("a") is None
+    assert (await bucket.get("b")) is not None
+    assert isinstance((await bucket.write([WriteOp("a", b"new", expected_revision=0)]))[0], int)
