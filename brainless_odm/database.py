@@ -905,7 +905,8 @@ class Database:
             assert coll.bucket is not None
             if remove:
                 # Only that very revision is removed: a fixed version written meanwhile stays.
-                await coll.bucket.write([WriteOp(entry.key, None, entry.revision)])
+                # Marked as a removal: a node holding the document writes it back over the marker.
+                await coll.bucket.write([WriteOp(entry.key, None, entry.revision, removes=entry.revision)])
         except StoreError as err:
             log.error("could not move %s/%s to dead letters: %s", coll.name, entry.key, err)
 

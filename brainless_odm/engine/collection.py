@@ -463,6 +463,8 @@ class Collection(Generic[D]):
             return
         doc = self.docs.get(key)
         if entry.operation is not Operation.PUT:
+            if doc is not None and self._removes_ours(key, doc, entry):
+                return
             # A document added here and not yet stored (_odm_rev 0) is not the one deleted: its
             # create is a compare-and-set, so it meets this marker as a conflict and re-creates.
             # Unless that create's outcome is unknown: it landed, and this deletes it.
@@ -554,6 +556,17 @@ class Collection(Generic[D]):
             _slot_rev(doc, revision)
         else:
             self.base[key] = revision
+
+    def _removes_ours(self, key: str, doc: D, marker: Entry) -> bool:
+        """Whether ``marker`` moved out the unreadable version ``doc`` is to be written over (a
+        node holding no such document, starting for one, put it in its dead letters): no delete.
+        The document goes over the marker instead, and other nodes take it back from there."""
+        if marker.removes is None or marker.removes != (doc._odm_rev or self.base.get(key)):
+            return False
+        self._over_unreadable(key, doc, marker.revision)
+        if doc._odm_dirty:  # else its write is in flight: refused by the marker, it is retried
+            self._changed(key)
+        return True
 
     def _landed(self, key: str, doc: D, entry: Entry) -> None:
         """The echo (or the stored version) of our write whose outcome we never learnt (ack lost,
@@ -1062,7 +1075,9 @@ class Collection(Generic[D]):
             return False  # the watch already brought this or newer: retry on what we have
         if entry is None or entry.operation is not Operation.PUT:
             marker = entry.revision if entry is not None else 0
-            if doc._odm_rev == 0 and self._deleted_after_create(key, marker):
+            if entry is not None and self._removes_ours(key, doc, entry):
+                pass
+            elif doc._odm_rev == 0 and self._deleted_after_create(key, marker):
                 self._remote_delete(key, doc)
             elif doc._odm_rev == 0:
                 self.base[key] = marker  # a new document whose key has a delete marker: re-create it

@@ -127,6 +127,9 @@ class Entry:
 
     ``value`` is ``b""`` for deletes and purges. ``reason`` is set for markers the server wrote
     itself (``"MaxAge"`` for a TTL expiry, ``"Remove"``, ``"Purge"``), ``None`` otherwise.
+    ``removes`` is set for a delete marker written with :attr:`WriteOp.removes`: the revision of
+    the unreadable version it moved out (to a node's dead letters), which is no delete of a
+    document.
     """
 
     key: str
@@ -134,6 +137,7 @@ class Entry:
     revision: int
     operation: Operation = Operation.PUT
     reason: str | None = None
+    removes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +154,15 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class WriteOp:
-    """One write in a batch. ``value=None`` writes a delete marker."""
+    """One write in a batch. ``value=None`` writes a delete marker; with ``removes``, one that
+    moves the unreadable version at that revision out (stored with the marker, see
+    :attr:`Entry.removes`): nodes writing a good version over that one keep their document."""
 
     key: str
     value: bytes | None
     expected_revision: int | None = None
     msg_id: str | None = None
+    removes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

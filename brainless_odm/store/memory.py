@@ -133,9 +133,11 @@ class MemoryBucket:
         self._check()
         return self._latest.get(key)
 
-    def _append(self, key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
+    def _append(
+        self, key: str, value: bytes, op: Operation, reason: str | None = None, removes: int | None = None
+    ) -> int:
         self._revision += 1
-        entry = Entry(key=key, value=value, revision=self._revision, operation=op, reason=reason)
+        entry = Entry(key, value, self._revision, op, reason, removes)
         # Popped and inserted again, not overwritten in place: ``_latest`` stays in revision order,
         # which is the order a NATS load delivers keys in (and so of a loaded database's documents).
         prev = self._latest.pop(key, None)
@@ -237,7 +239,7 @@ class MemoryBucket:
             if seen is not None and now - seen[0] < self._window:
                 return seen[1]
         if op.value is None:
-            rev = self._append(op.key, b"", Operation.DELETE)
+            rev = self._append(op.key, b"", Operation.DELETE, None, op.removes)
         else:
             rev = self._append(op.key, op.value, Operation.PUT)
         if op.msg_id is not None:

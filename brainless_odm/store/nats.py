@@ -422,6 +422,16 @@ def _entry_kind(headers: dict[str, str] | None) -> tuple[Operation, str | None]:
     return Operation.PUT, None
 
 
+#: The header of a delete marker written with ``WriteOp.removes`` (see ``Entry.removes``).
+REMOVES_HEADER = "Brainless-Removes"
+
+
+def _removes(headers: dict[str, str] | None) -> int | None:
+    """``Entry.removes`` of a stored message (``None`` unless a well-formed header says so)."""
+    text = headers.get(REMOVES_HEADER) if headers else None
+    return int(text) if text is not None and text.isdigit() else None
+
+
 def _parse_header_block(raw: bytes) -> dict[str, str]:
     """Parse a raw ``NATS/1.0`` header block (as returned by the STREAM.MSG.GET API)."""
     out: dict[str, str] = {}
@@ -797,7 +807,10 @@ class _WatchState:
         self._last = seq
         op, reason = _entry_kind(headers)
         key = subject[len(self._bucket._prefix) :]
-        entry = Entry(key, data if op is Operation.PUT else b"", seq, op, reason)
+        if op is Operation.PUT:
+            entry = Entry(key, data, seq, op, reason)
+        else:
+            entry = Entry(key, b"", seq, op, reason, _removes(headers))
         sink = self.sink
         if sink is not None and not self._queue:
             try:
@@ -1172,7 +1185,9 @@ class NatsBucket:
                 )
             seq = int(hdrs["Nats-Sequence"])
             op, reason = _entry_kind(hdrs)
-            return Entry(key, msg.data if op is Operation.PUT else b"", seq, op, reason)
+            if op is Operation.PUT:
+                return Entry(key, msg.data, seq, op, reason)
+            return Entry(key, b"", seq, op, reason, _removes(hdrs))
         try:
             resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self._stream}", {"last_by_subj": subject})
         except _ApiError as e:
@@ -1183,7 +1198,7 @@ class NatsBucket:
         headers = _parse_header_block(base64.b64decode(m["hdrs"])) if m.get("hdrs") else None
         op, reason = _entry_kind(headers)
         data = base64.b64decode(m["data"]) if m.get("data") and op is Operation.PUT else b""
-        return Entry(key, data, int(m["seq"]), op, reason)
+        return Entry(key, data, int(m["seq"]), op, reason, None if op is Operation.PUT else _removes(headers))
 
     # -- write --------------------------------------------------------------------------------
 
@@ -1260,6 +1275,8 @@ class NatsBucket:
             hdr += f"Nats-Expected-Last-Subject-Sequence: {op.expected_revision}\r\n"
         if op.value is None:
             hdr += "KV-Operation: DEL\r\n"
+            if op.removes is not None:
+                hdr += f"{REMOVES_HEADER}: {op.removes}\r\n"
         if not hdr:
             return (
                 f"PUB {self._prefix}{op.key} {self._ack_prefix}{token} {len(value)}\r\n".encode()
@@ -1284,6 +1301,8 @@ class NatsBucket:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(op.expected_revision)
         if op.value is None:
             headers["KV-Operation"] = "DEL"
+            if op.removes is not None:
+                headers[REMOVES_HEADER] = str(op.removes)
         await self._nc.publish(
             self._prefix + op.key,
             op.value if op.value is not None else b"",

@@ -691,6 +691,37 @@ async def test_poison_entry_arriving_live_is_dead_lettered(
     assert objects(b)["live-bad"].channel_id == "c-3"
 
 
+async def test_a_node_starting_on_an_unreadable_version_does_not_delete_what_others_restore(
+    make_db: DbFactory, nats_client: Client, brainless_namespace: str
+) -> None:
+    # A node that starts while unreadable bytes are the latest version of a document (before the
+    # nodes holding it wrote it back) moves them to its dead letters and removes them. That removal
+    # was a plain delete marker: the holder's write-back met it as a delete, and the document was
+    # gone everywhere, its last good version with it (the dead letter holds only the bad bytes).
+    a = await make_db(flush_interval=3600)
+    doc = objects(a).add(channel_id="precious", priority=3)
+    await a.flush()
+    uuid = doc.uuid
+    assert uuid is not None
+    kv = await nats_client.jetstream().key_value(f"{brainless_namespace}-call")
+    await kv.put(uuid, b"\x00 not json")
+    await eventually(lambda: objects(a)[uuid].is_dirty, what="a to mark its restore")
+    c = await make_db(flush_interval=3600)  # loads the bytes: its dead letter, and the removal
+    await eventually(lambda: _gone(kv, uuid), what="the bytes removed by c")
+    assert uuid not in objects(c)
+    await a.flush()  # a's last good version, over the removal's marker
+    await eventually(lambda: uuid in objects(c), what="c to take the document back")
+    assert (objects(c)[uuid].channel_id, objects(c)[uuid].priority) == ("precious", 3)
+    assert objects(a)[uuid] is doc
+    entry = await kv.get(uuid)
+    assert entry.value is not None
+    assert orjson.loads(entry.value)["channel_id"] == "precious"
+    # A delete by a node is still a delete: a holds the document, c deletes it.
+    objects(c).delete(objects(c)[uuid])
+    await c.flush()
+    await eventually(lambda: uuid not in objects(a), what="c's delete on a")
+
+
 # -- stop, bad input, operator errors --------------------------------------------------------------
 
 

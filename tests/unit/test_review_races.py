@@ -577,6 +577,39 @@ async def test_an_unwritten_add_survives_another_node_removing_unreadable_bytes_
     assert (ticket.note, ticket.priority) == ("from a", 7)
 
 
+async def test_a_stored_document_survives_a_starting_node_removing_unreadable_bytes_over_it(
+    make_db: DbFactory,
+) -> None:
+    # A node that starts while unreadable bytes are a document's latest version (before the nodes
+    # holding it wrote it back) moves them to its dead letters and removes them. The removal was a
+    # plain delete marker: the holder's write-back met it as a delete, and the document was gone on
+    # every node, its last good version with it.
+    store = MemoryStore()
+    a = await make_db(Ticket, store=store, location="a", flush_interval=3600)
+    doc = Ticket.objects.using(a).add(note="precious", priority=3)
+    await a.flush()
+    key = doc.uuid or ""
+    await store.bucket("test-ticket").put_raw(key, b"not json")
+    await settle()
+    c = await make_db(Ticket, store=store, location="c", flush_interval=3600)
+    await settle()
+    removal = store.bucket("test-ticket")._latest[key]
+    assert (removal.operation.value, removal.removes) == ("DEL", removal.revision - 1)
+    assert key not in Ticket.objects.using(c)
+    assert Ticket.objects.using(a)[key] is doc
+    await a.flush()
+    await settle()
+    ticket = stored(store, key)
+    assert ticket is not None
+    assert (ticket.note, ticket.priority) == ("precious", 3)
+    assert Ticket.objects.using(c)[key].note == "precious"
+    # Another node's delete of it is still a delete.
+    Ticket.objects.using(c).delete(key)
+    await c.flush()
+    await settle()
+    assert key not in Ticket.objects.using(a)
+
+
 async def test_an_edit_made_after_an_unreadable_version_arrived_survives_another_restore(
     nodes: Nodes,
 ) -> None:

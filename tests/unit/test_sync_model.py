@@ -27,9 +27,11 @@ class MemoryBackend:
         bucket = self.store.bucket(BUCKET)
         original = bucket._append
 
-        def recording(key: str, value: bytes, op: Operation, reason: str | None = None) -> int:
-            rev = original(key, value, op, reason)
-            world.history.append(Entry(key, value, rev, op, reason))
+        def recording(
+            key: str, value: bytes, op: Operation, reason: str | None = None, removes: int | None = None
+        ) -> int:
+            rev = original(key, value, op, reason, removes)
+            world.history.append(Entry(key, value, rev, op, reason, removes))
             return rev
 
         bucket._append = recording  # type: ignore[method-assign]
