@@ -559,9 +559,14 @@ class Collection(Generic[D]):
 
     def _removes_ours(self, key: str, doc: D, marker: Entry) -> bool:
         """Whether ``marker`` moved out the unreadable version ``doc`` is to be written over (a
-        node holding no such document, starting for one, put it in its dead letters): no delete.
+        node holding no such document, a starting one say, put it in its dead letters): no delete.
         The document goes over the marker instead, and other nodes take it back from there."""
         if marker.removes is None or marker.removes != (doc._odm_rev or self.base.get(key)):
+            return False
+        restoring = self.restoring.get(key)
+        if restoring is None or type(restoring) is _Repair:
+            # A version this node reads, removed by one whose classes cannot (a rolling upgrade):
+            # a delete, as everywhere else. Written back, that node would remove it again.
             return False
         self._over_unreadable(key, doc, marker.revision)
         if doc._odm_dirty:  # else its write is in flight: refused by the marker, it is retried

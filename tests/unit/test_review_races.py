@@ -610,6 +610,36 @@ async def test_a_stored_document_survives_a_starting_node_removing_unreadable_by
     assert key not in Ticket.objects.using(a)
 
 
+class Strict(Document):
+    """``ticket`` as a node with other classes reads it: a field the others do not write."""
+
+    model_config = DocumentConfig(registry=Registry(), collection="ticket")
+    note: str = ""
+    required: int
+
+
+async def test_a_version_one_node_cannot_read_and_removes_is_a_delete_for_the_nodes_reading_it(
+    make_db: DbFactory,
+) -> None:
+    # A rolling upgrade: a node whose classes cannot read a version moves it to its dead letters
+    # and removes it. For the nodes that read it, that removal is a delete (as before removal
+    # markers named their revision); written back, the other node would remove it again, forever.
+    store = MemoryStore()
+    a = await make_db(Ticket, store=store, location="a", flush_interval=3600)
+    strict = await make_db(Strict, store=store, location="strict", flush_interval=3600)
+    doc = Ticket.objects.using(a).add(note="new shape")
+    await a.flush()
+    await settle()
+    key = doc.uuid or ""
+    assert [d.key for d in await strict.dead_letters()] == [key]
+    removal = store.bucket("test-ticket")._latest[key]
+    assert removal.operation.value == "DEL"
+    assert key not in Ticket.objects.using(a)
+    await a.flush()
+    await settle()
+    assert store.bucket("test-ticket")._latest[key] is removal  # nothing written back
+
+
 async def test_an_edit_made_after_an_unreadable_version_arrived_survives_another_restore(
     nodes: Nodes,
 ) -> None:
