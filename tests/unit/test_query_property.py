@@ -424,6 +424,10 @@ async def test_queryset_matches_the_reference(
             final[i] = {**final[i], "n": n, "m": m, "x": x, "lvl": lvl, "data": value, "code": code}
     for cls in (Row, Bare):
         await check(cls.objects.using(db), initial, final, plan, order, offset, limit, limit_first)
+    for cls in (Row, Bare):  # never written: a NaN in the Any field would be refused (test_nan.py)
+        objects = cls.objects.using(db)
+        for doc in list(objects):
+            objects.delete(doc)
 
 
 EDITED = ("n", "m", "x", "lvl", "data", "code")
@@ -478,9 +482,10 @@ async def check(
 # -- documents loaded from the store ---------------------------------------------------------------
 # A database that loaded its documents holds them as they were decoded (containers not tracked until
 # read, indexes built in bulk): the same queries must give the same answers there. Stored values
-# are JSON, so an Any field gives back what JSON holds (an enum member's value, "NaN" for a NaN):
-# the reference reads the loaded values.
+# are JSON, so an Any field gives back what JSON holds (an enum member's value): the reference reads
+# the loaded values. A NaN or infinity is not stored in it (the write is refused, test_nan.py).
 FLOATS = [-1.5, -0.0, 0.0, 0.5, 1.0, 2.0, math.nan, math.inf]
+FINITE = [f for f in FLOATS if math.isfinite(f)]
 
 
 def _random_row(rng: random.Random, i: int) -> dict[str, Any]:
@@ -493,7 +498,7 @@ def _random_row(rng: random.Random, i: int) -> dict[str, Any]:
     pool: list[Any] = [
         rng.randint(-3, 3),
         rng.random() < 0.5,
-        rng.choice(FLOATS),
+        rng.choice(FINITE),
         word(),
         [word()],
         rng.choice(list(Level)),
