@@ -176,6 +176,20 @@ def test_only_nested_models_that_write_nan_as_null_and_hold_floats_are_checked()
     assert not Plain.__odm__.nested_nan_as_null
 
 
+async def _refused(
+    make_db: DbFactory, store: MemoryStore, cls: type[Document], values: dict[str, Any]
+) -> tuple[Any, Any, BaseException]:
+    """Add a ``cls`` with ``values`` and flush: the write fails alone, with a ``ValueError``."""
+    db = await make_db(cls, store=store, flush_interval=3600)
+    doc = cls.objects.using(db).add(**values)
+    with pytest.raises(FlushError) as caught:
+        await db.flush()
+    [(_, key, exc)] = caught.value.failures
+    assert key == doc.uuid
+    assert isinstance(exc, ValueError)
+    return db, doc, exc
+
+
 @pytest.mark.parametrize(
     ("values", "path"),
     [
@@ -191,13 +205,7 @@ async def test_a_nan_a_nested_model_would_write_as_null_is_refused_not_stored(
     "strings" does not reach into it): stored, every node refused the document and moved it to the
     dead letters. The write fails alone with the place named; nothing is stored; a fix is written."""
     store = MemoryStore()
-    db = await make_db(Holder, store=store, flush_interval=3600)
-    doc = Holder.objects.using(db).add(**values)
-    with pytest.raises(FlushError) as caught:
-        await db.flush()
-    [(_, key, exc)] = caught.value.failures
-    assert key == doc.uuid
-    assert isinstance(exc, ValueError)
+    db, doc, exc = await _refused(make_db, store, Holder, values)
     assert f"{path} is " in str(exc)
     assert "ser_json_inf_nan='strings'" in str(exc)
     other = await make_db(Holder, store=store, location="other")
@@ -265,13 +273,7 @@ async def test_a_nan_that_would_load_back_as_text_is_refused_not_stored(
     writer held a float, every other node (and the writer after a restart) a str, and a query
     such as ``any___gt=1`` answered differently by node. The write fails alone, naming the place."""
     store = MemoryStore()
-    db = await make_db(Loose, store=store, flush_interval=3600)
-    doc = Loose.objects.using(db).add(**values)
-    with pytest.raises(FlushError) as caught:
-        await db.flush()
-    [(_, key, exc)] = caught.value.failures
-    assert key == doc.uuid
-    assert isinstance(exc, ValueError)
+    db, doc, exc = await _refused(make_db, store, Loose, values)
     assert str(exc).startswith(f"{path} is ")
     assert "not as a float" in str(exc)
     other = await make_db(Loose, store=store, location="other")
