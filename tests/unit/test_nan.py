@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import pytest
 from helpers import DbFactory, wait_for
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from brainless_odm import Document, DocumentConfig, FlushError, Indexed, MemoryStore, Registry, Unique
 
@@ -299,3 +299,26 @@ async def test_nan_in_a_document_with_loose_fields_stores_where_it_loads_back_as
     assert math.isnan(loaded.x)
     assert loaded.number == math.inf
     assert (loaded.note, loaded.any_, loaded.items) == ("NaN", "Infinity", ["NaN"])
+
+
+def _no_text(value: float | str) -> float | str:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        raise ValueError("a number, not its name")
+    return value
+
+
+class Picky(Document):
+    model_config = DocumentConfig(registry=REG, collection="picky")
+    v: Annotated[float | str, AfterValidator(_no_text)] = 0.0
+
+
+async def test_a_nan_whose_stored_form_fails_validation_is_refused_naming_why(make_db: DbFactory) -> None:
+    """Stored as "NaN", the value would load back as a str this field's validator refuses: every
+    node would dead-letter it. The write fails alone with that validation error."""
+    store = MemoryStore()
+    db, doc, exc = await _refused(make_db, store, Picky, {"v": math.nan})
+    assert str(exc).startswith("Picky as stored would not load back")
+    assert "a number, not its name" in str(exc)
+    assert doc.is_dirty
+    doc.v = 1.5
+    await db.flush()

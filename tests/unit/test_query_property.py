@@ -425,9 +425,12 @@ async def test_queryset_matches_the_reference(
     for cls in (Row, Bare):
         await check(cls.objects.using(db), initial, final, plan, order, offset, limit, limit_first)
     for cls in (Row, Bare):  # never written: a NaN in the Any field would be refused (test_nan.py)
-        objects = cls.objects.using(db)
-        for doc in list(objects):
-            objects.delete(doc)
+        clear(cls.objects.using(db))
+
+
+def clear(objects: Any) -> None:
+    for doc in list(objects):
+        objects.delete(doc)
 
 
 EDITED = ("n", "m", "x", "lvl", "data", "code")
@@ -444,8 +447,7 @@ async def check(
     limit_first: bool,
 ) -> None:
     """Add ``initial``, assign what differs in ``data``, then query and compare with the reference."""
-    for doc in list(objects):
-        objects.delete(doc)
+    clear(objects)
     docs = [objects.add(row) for row in initial]
     for doc, before, after in zip(docs, initial, data, strict=True):
         for name in EDITED:
